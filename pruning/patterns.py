@@ -1,0 +1,139 @@
+"""Sparsity patterns and the one mask-selection helper every solver uses.
+
+Patterns (``PATTERNS``):
+
+* ``unstructured`` -- one budget per weight matrix: exactly ``floor(s * d_out * d_in)`` weights pruned.
+* ``per-row``      -- the same budget in every output row: exactly ``floor(s * d_in)`` per row (Wanda).
+* ``N:M``          -- in every row, every group of M consecutive input columns has exactly N pruned
+                      weights (N = number *pruned*, as in all reference code; "2:4" prunes 2 of 4).
+
+Tie-breaking is deterministic and documented: scores are sorted with a *stable* sort, so among equal
+scores the entry with the lower index (row-major flat index for ``unstructured``, column index for
+``per-row`` and N:M) is pruned first.  Unlike the official code (``score <= kth`` threshold), we never
+prune more than the budget: the count is exact even when ties are present (SmolLM2's 4-bit-derived
+weights have many exact ties).
+
+Masks follow the maths of the papers: ``mask`` is True where a weight is **kept** (M in M ⊙ W).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Pattern", "PATTERNS", "parse_pattern", "prune_count", "select_mask", "check_mask", "PatternError"]
+
+PATTERNS = ("unstructured", "per-row", "N:M (e.g. 2:4, 4:8)")
+
+_EPS = 1e-9  # guards floor(s*n) against binary round-off, e.g. 0.29*100 = 28.999999999999996
+
+
+class PatternError(ValueError):
+    """A pattern string or a pattern/shape combination that is not allowed."""
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A parsed sparsity pattern. ``kind`` is 'unstructured', 'per-row' or 'nm'."""
+
+    kind: str
+    n: int = 0  # pruned per group (N:M only)
+    m: int = 0  # group size (N:M only)
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.kind == "nm" else self.kind
+
+    @property
+    def is_nm(self) -> bool:
+        return self.kind == "nm"
+
+    def sparsity(self, sparsity: float) -> float:
+        """The sparsity the pattern actually imposes (N:M fixes it to N/M)."""
+        return self.n / self.m if self.is_nm else float(sparsity)
+
+    def check_shape(self, d_in: int, field: str = "pattern") -> None:
+        if self.is_nm and d_in % self.m != 0:
+            raise PatternError(
+                f"{field}: {self} needs the input width to be a multiple of M={self.m}, got d_in={d_in}"
+            )
+
+
+def parse_pattern(pattern: str | Pattern, field: str = "pattern") -> Pattern:
+    """Parse 'unstructured', 'per-row' or 'N:M' (N pruned out of every M, 0 < N < M)."""
+    if isinstance(pattern, Pattern):
+        return pattern
+    s = str(pattern).strip().lower()
+    if s in ("unstructured", "per-matrix", "per-layer", "0:0"):
+        return Pattern("unstructured")
+    if s in ("per-row", "per_row", "per-output", "per_out", "row"):
+        return Pattern("per-row")
+    m = re.fullmatch(r"(\d+)\s*:\s*(\d+)", s)
+    if m:
+        n, mm = int(m.group(1)), int(m.group(2))
+        if not (0 < n < mm):
+            raise PatternError(f"{field}: in N:M, N (pruned per group) must satisfy 0 < N < M; got {n}:{mm}")
+        return Pattern("nm", n, mm)
+    raise PatternError(f"{field}: unknown pattern {pattern!r}; allowed: unstructured, per-row, or N:M such as 2:4, 4:8")
+
+
+def _floor(x: float) -> int:
+    return int(math.floor(x + _EPS))
+
+
+def prune_count(pattern: Pattern, shape: tuple[int, int], sparsity: float) -> int:
+    """Exact number of weights the pattern prunes in a (d_out, d_in) matrix."""
+    d_out, d_in = shape
+    if pattern.kind == "unstructured":
+        return _floor(sparsity * d_out * d_in)
+    if pattern.kind == "per-row":
+        return d_out * _floor(sparsity * d_in)
+    return d_out * (d_in // pattern.m) * pattern.n
+
+
+def select_mask(score: torch.Tensor, pattern: Pattern, sparsity: float) -> torch.Tensor:
+    """Keep-mask (True = kept) that prunes the lowest ``score`` entries under ``pattern``.
+
+    score: (d_out, d_in); higher = more important. Exact counts, stable tie-breaking (lower index pruned
+    first among equal scores). For N:M, ``sparsity`` is ignored (the pattern fixes it).
+    """
+    d_out, d_in = score.shape
+    keep = torch.ones(d_out, d_in, dtype=torch.bool, device=score.device)
+    if pattern.kind == "unstructured":
+        k = _floor(sparsity * d_out * d_in)
+        if k > 0:
+            idx = torch.sort(score.reshape(-1), stable=True).indices[:k]
+            keep.view(-1)[idx] = False
+    elif pattern.kind == "per-row":
+        k = _floor(sparsity * d_in)
+        if k > 0:
+            idx = torch.sort(score, dim=1, stable=True).indices[:, :k]
+            keep.scatter_(1, idx, False)
+    else:
+        pattern.check_shape(d_in, "pattern")
+        g = score.reshape(d_out, d_in // pattern.m, pattern.m)
+        idx = torch.sort(g, dim=2, stable=True).indices[:, :, : pattern.n]
+        keep.view(d_out, d_in // pattern.m, pattern.m).scatter_(2, idx, False)
+    return keep
+
+
+def check_mask(mask: torch.Tensor, pattern: Pattern, sparsity: float) -> None:
+    """Raise PatternError unless ``mask`` (True = kept) satisfies the pattern's exact counts."""
+    d_out, d_in = mask.shape
+    pruned = ~mask
+    if pattern.kind == "unstructured":
+        want = prune_count(pattern, (d_out, d_in), sparsity)
+        got = int(pruned.sum())
+        if got != want:
+            raise PatternError(f"mask prunes {got} weights, pattern {pattern} at sparsity {sparsity} needs {want}")
+    elif pattern.kind == "per-row":
+        want = _floor(sparsity * d_in)
+        per_row = pruned.sum(dim=1)
+        if not bool((per_row == want).all()):
+            raise PatternError(f"mask rows prune {per_row.min()}..{per_row.max()} weights, per-row needs {want} each")
+    else:
+        pattern.check_shape(d_in, "pattern")
+        per_group = pruned.reshape(d_out, d_in // pattern.m, pattern.m).sum(dim=2)
+        if not bool((per_group == pattern.n).all()):
+            raise PatternError(f"mask is not {pattern}: groups prune {per_group.min()}..{per_group.max()}")

@@ -1,0 +1,172 @@
+"""SparseGPT: OBS-style greedy pruning with sequential error compensation.
+
+Frantar & Alistarh 2023, "SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot",
+arXiv 2301.00774; checked against IST-DASLab/sparsegpt sparsegpt.py:SparseGPT.fasterprune (147d2159).
+
+Steps, in the paper's notation (H = G, the Gram; its scale does not matter since damping is relative):
+1. dead inputs (H_jj = 0): H_jj = 1 and W[:, j] = 0 (their score is then 0, so they are pruned first);
+2. damping H += λI, λ = damping · mean(diag H); if the Cholesky factorisation fails, λ is raised ×10
+   step by step (reported through ``ctx.warn``), never replaced by the identity;
+3. U = upper Cholesky factor of H⁻¹ (U_jj² is the OBS [H_F⁻¹]_jj of the remaining columns);
+4. columns in blocks of ``blocksize``: the mask of a block is chosen on the already-compensated weights
+   with saliency w²/U_jj² (unstructured/per-row: once per block; N:M: at every group start), then each
+   column's pruning error is spread over the later columns of the block, and lazily over the rest.
+
+Exact counts (our choice, not the official ``<=`` threshold): for ``unstructured`` the matrix budget
+⌊s·numel⌋ is split over blocks as ⌊s·(cumulative numel)⌋ differences, so the total is exact and every
+block is within one weight of s; ``per-row`` does the same per row.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..patterns import Pattern, _floor
+from .base import SOLVERS, UPDATES, LayerProblem, NumericalError, Option, SolveContext, SolverOutput
+
+_MAX_DAMP_RAISES = 8
+
+
+def damped_inverse_cholesky(H: torch.Tensor, damping: float, ctx: SolveContext, what: str = "sparsegpt") -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor of (H + λI)⁻¹, λ = damping·mean(diag H), raising λ ×10 until H is PD.
+
+    Returns (U, damping actually used).
+    """
+    d = H.shape[0]
+    mean_diag = torch.diagonal(H).mean()
+    eye = torch.eye(d, dtype=H.dtype, device=H.device)
+    damp = float(damping)
+    for attempt in range(_MAX_DAMP_RAISES + 1):
+        L, info = torch.linalg.cholesky_ex(H + (damp * mean_diag) * eye)
+        if int(info) == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info2 = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if int(info2) == 0 and bool(torch.isfinite(U).all()):
+                if attempt:
+                    ctx.warn(f"{what}: Cholesky failed at damping {damping:g}; succeeded at {damp:g}")
+                return U, damp
+        damp = damp * 10 if damp > 0 else 1e-6
+    raise NumericalError(f"{what}: Gram matrix not positive definite even with damping {damp:g}")
+
+
+def _prepare(W: torch.Tensor, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    W = W.clone()
+    H = G.clone()
+    dead = torch.diagonal(H) == 0
+    if bool(dead.any()):
+        H[dead, dead] = 1.0
+        W[:, dead] = 0.0
+    return W, H
+
+
+def _budget(total: int, start: int, end: int, sparsity: float) -> int:
+    """Weights to prune among columns [start, end) so that running totals are ⌊s·cumulative⌋."""
+    return _floor(sparsity * total * end) - _floor(sparsity * total * start)
+
+
+def obs_sweep(
+    W: torch.Tensor,
+    U: torch.Tensor,
+    pattern: Pattern | None,
+    sparsity: float,
+    blocksize: int,
+    fixed_keep: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The SparseGPT column sweep. Either selects the mask adaptively (``pattern``) or uses ``fixed_keep``.
+
+    W: (d_out, d_in) float32, modified copy returned; U: (d_in, d_in) upper Cholesky factor of H⁻¹.
+    Returns (pruned W, keep mask, OBS loss estimate Σ (w-q)²/U_jj² / 2).
+    """
+    W = W.clone()
+    d_out, d_in = W.shape
+    keep = torch.ones(d_out, d_in, dtype=torch.bool, device=W.device) if fixed_keep is None else fixed_keep
+    loss = torch.zeros((), dtype=torch.float64, device=W.device)
+    for i1 in range(0, d_in, blocksize):
+        i2 = min(i1 + blocksize, d_in)
+        W1 = W[:, i1:i2].clone()  # (d_out, B)
+        U1 = U[i1:i2, i1:i2]
+        d = torch.diagonal(U1)  # (B,)
+        Err1 = torch.zeros_like(W1)
+        if fixed_keep is None and pattern.kind == "unstructured":
+            k = _budget(d_out, i1, i2, sparsity)  # total = d_out * d_in; cumulative counts in columns
+            keep1 = torch.ones_like(W1, dtype=torch.bool)
+            if k > 0:
+                score = (W1 / d.unsqueeze(0)) ** 2
+                idx = torch.sort(score.reshape(-1), stable=True).indices[:k]
+                keep1.view(-1)[idx] = False
+            keep[:, i1:i2] = keep1
+        elif fixed_keep is None and pattern.kind == "per-row":
+            k = _floor(sparsity * i2) - _floor(sparsity * i1)
+            keep1 = torch.ones_like(W1, dtype=torch.bool)
+            if k > 0:
+                score = (W1 / d.unsqueeze(0)) ** 2
+                idx = torch.sort(score, dim=1, stable=True).indices[:, :k]
+                keep1.scatter_(1, idx, False)
+            keep[:, i1:i2] = keep1
+        for i in range(i2 - i1):
+            col = i1 + i
+            if fixed_keep is None and pattern.kind == "nm" and col % pattern.m == 0:
+                g = (W1[:, i : i + pattern.m] / d[i : i + pattern.m].unsqueeze(0)) ** 2
+                idx = torch.sort(g, dim=1, stable=True).indices[:, : pattern.n]
+                grp = torch.ones_like(g, dtype=torch.bool)
+                grp.scatter_(1, idx, False)
+                keep[:, col : col + pattern.m] = grp
+            w = W1[:, i]
+            q = w * keep[:, col]
+            err = (w - q) / d[i]
+            loss += (err.double() ** 2).sum() / 2
+            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
+            W1[:, i] = q
+            Err1[:, i] = err
+        W[:, i1:i2] = W1
+        if i2 < d_in:
+            W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    return W * keep, keep, float(loss)
+
+
+def _check_finite(W: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(W).all()):
+        raise NumericalError(f"{what}: produced NaN/Inf; the layer was not written")
+
+
+SPARSEGPT_OPTIONS = (
+    Option("damping", 0.01, "float", "Dampening λ as a fraction of mean(diag H) (official percdamp).", min=0.0, max=10.0),
+    Option("blocksize", 128, "int", "Columns per lazy-update block; the mask is chosen once per block.", min=1, max=1 << 20),
+)
+
+
+@SOLVERS.register(
+    "sparsegpt",
+    kind="update",
+    needs_gram=True,
+    options=SPARSEGPT_OPTIONS,
+    summary="Greedy OBS: prune column by column, each time compensating the error on the not-yet-pruned columns "
+    "through the inverse Hessian.",
+    paper="https://arxiv.org/abs/2301.00774",
+    reference="IST-DASLab/sparsegpt sparsegpt.py:fasterprune",
+)
+def sparsegpt(p: LayerProblem, pattern: Pattern, sparsity: float, opts: dict, ctx: SolveContext) -> SolverOutput:
+    W, H = _prepare(p.W, p.G)
+    U, damp = damped_inverse_cholesky(H, opts["damping"], ctx)
+    Wn, keep, loss = obs_sweep(W, U, pattern, sparsity, int(opts["blocksize"]))
+    _check_finite(Wn, "sparsegpt")
+    return SolverOutput(weight=Wn, mask=keep, info={"damping_used": damp, "obs_loss": loss})
+
+
+@UPDATES.register(
+    "sparsegpt",
+    kind="update",
+    needs_gram=True,
+    options=SPARSEGPT_OPTIONS,
+    summary="SparseGPT's sequential OBS compensation on a given (fixed) mask.",
+)
+def sparsegpt_update(p: LayerProblem, keep: torch.Tensor, opts: dict, ctx: SolveContext) -> SolverOutput:
+    W, H = _prepare(p.W, p.G)
+    U, damp = damped_inverse_cholesky(H, opts["damping"], ctx)
+    Wn, keep, loss = obs_sweep(W, U, None, 0.0, int(opts["blocksize"]), fixed_keep=keep.clone())
+    _check_finite(Wn, "sparsegpt update")
+    return SolverOutput(weight=Wn, mask=keep, info={"damping_used": damp, "obs_loss": loss})
+
+
+@UPDATES.register("none", kind="update", needs_gram=False, summary="Keep surviving weights unchanged (mask only).")
+def no_update(p: LayerProblem, keep: torch.Tensor, opts: dict, ctx: SolveContext) -> SolverOutput:
+    return SolverOutput(weight=p.W * keep, mask=keep)
