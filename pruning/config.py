@@ -1,0 +1,170 @@
+"""Run configuration: frozen, validated dataclasses with a stable, hashable ``key()``.
+
+Validation happens once, in ``__post_init__``, with messages that name the field and the allowed values,
+so bad input is rejected before any model is loaded or any weight touched.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+from .patterns import parse_pattern
+from .solvers import SOLVERS, UPDATES, SolverError
+
+SCHEMA_VERSION = 1
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_PROMPTS = ("The capital of France is", "Once upon a time, there was a little girl who")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the field and the allowed values."""
+
+
+def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    v = int(value)
+    if v < lo or (hi is not None and v > hi):
+        raise ConfigError(f"{name}: {value!r} is out of range; allowed: {lo}..{hi if hi is not None else 'any'}")
+    return v
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """Calibration windows: ``nsamples`` random windows of ``seqlen`` tokens drawn with ``seed``.
+
+    source: 'wiki-sample' (embedded Wikipedia, calibration split), 'wikitext2', 'c4', 'pydoc', or a path to a
+    UTF-8 text file.
+    """
+
+    source: str = "wiki-sample"
+    nsamples: int = 16
+    seqlen: int = 512
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "nsamples", _check_int("nsamples", self.nsamples, 1, 100_000))
+        object.__setattr__(self, "seqlen", _check_int("seqlen", self.seqlen, 8, 1 << 17))
+        object.__setattr__(self, "seed", _check_int("seed", self.seed, 0))
+        if not str(self.source).strip():
+            raise ConfigError("calib: empty source; allowed: wiki-sample, wikitext2, c4, pydoc, or a text file path")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Perplexity: non-overlapping ``seqlen`` windows of the evaluation split, tail dropped; ``windows``=0: all."""
+
+    source: str = "wiki-sample"
+    windows: int = 16
+    seqlen: int = 512
+
+    def __post_init__(self):
+        object.__setattr__(self, "windows", _check_int("eval_windows", self.windows, 0, 1_000_000))
+        object.__setattr__(self, "seqlen", _check_int("eval_seqlen", self.seqlen, 8, 1 << 17))
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    model: str = DEFAULT_MODEL
+    solver: str = "sparsegpt"
+    sparsity: float = 0.5
+    pattern: str = "unstructured"
+    update: str = "none"
+    options: tuple = ()  # sorted ((name, value), ...) -- validated against the registry
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    device: str = "auto"
+    dtype: str = "auto"  # auto: bfloat16 forwards on CPU and GPU alike; solver maths is always float32
+    true_sequential: bool = False
+    batch_size: int = 8
+    prompts: tuple = DEFAULT_PROMPTS
+    max_new_tokens: int = 24
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"solver: unknown solver {self.solver!r}; allowed: {', '.join(SOLVERS.names())}")
+        if self.update not in UPDATES:
+            raise ConfigError(f"update: unknown update {self.update!r}; allowed: {', '.join(UPDATES.names())}")
+        if self.update != "none" and SOLVERS.get(self.solver).kind != "mask":
+            raise ConfigError(
+                f"update: {self.update!r} re-fits weights after a mask solver; solver {self.solver!r} already updates "
+                f"weights. Use update 'none', or one of the mask solvers: "
+                f"{', '.join(s.name for s in SOLVERS if s.kind == 'mask')}"
+            )
+        try:
+            pat = parse_pattern(self.pattern)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        object.__setattr__(self, "pattern", str(pat))
+        try:
+            s = float(self.sparsity)
+        except (TypeError, ValueError):
+            raise ConfigError(f"sparsity: expected a number in [0, 1), got {self.sparsity!r}") from None
+        if not (math.isfinite(s) and 0.0 <= s < 1.0):
+            raise ConfigError(f"sparsity: {self.sparsity!r} is outside the allowed range [0, 1)")
+        if pat.is_nm:
+            s = pat.n / pat.m  # N:M fixes the sparsity
+        object.__setattr__(self, "sparsity", round(s, 6))
+        opts = dict(self.options) if not isinstance(self.options, dict) else self.options
+        from .layer import split_options
+
+        try:
+            s_opts, u_opts = split_options(self.solver, self.update, dict(opts))
+        except SolverError as e:
+            raise ConfigError(str(e)) from None
+        # keep only explicitly given options (validated values), sorted, so keys are canonical
+        merged = {**s_opts, **u_opts}
+        object.__setattr__(self, "options", tuple(sorted((k, merged[k]) for k in opts)))
+        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
+            raise ConfigError(f"device: {self.device!r} not allowed; allowed: {', '.join(DEVICES)} or cuda:N")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype: {self.dtype!r} not allowed; allowed: {', '.join(DTYPES)}")
+        object.__setattr__(self, "batch_size", _check_int("batch_size", self.batch_size, 1, 4096))
+        object.__setattr__(self, "max_new_tokens", _check_int("max_new_tokens", self.max_new_tokens, 0, 2048))
+        object.__setattr__(self, "prompts", tuple(str(p) for p in self.prompts))
+        if isinstance(self.calib, dict):
+            object.__setattr__(self, "calib", CalibConfig(**self.calib))
+        if isinstance(self.eval, dict):
+            object.__setattr__(self, "eval", EvalConfig(**self.eval))
+
+    @property
+    def option_dict(self) -> dict:
+        return dict(self.options)
+
+    def solver_options(self) -> tuple[dict, dict]:
+        """(solver options, update options) with defaults filled in."""
+        from .layer import split_options
+
+        return split_options(self.solver, self.update, self.option_dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["options"] = dict(self.options)
+        d["prompts"] = list(self.prompts)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PruneConfig":
+        d = dict(d)
+        d["options"] = tuple(sorted(dict(d.get("options", {})).items()))
+        d["prompts"] = tuple(d.get("prompts", DEFAULT_PROMPTS))
+        d["calib"] = CalibConfig(**d.get("calib", {}))
+        d["eval"] = EvalConfig(**d.get("eval", {}))
+        return cls(**d)
+
+    def key(self) -> str:
+        """Stable hash of the canonical JSON of everything that changes the result (+ schema version)."""
+        d = self.to_dict()
+        blob = json.dumps({"v": SCHEMA_VERSION, **d}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def replace(self, **changes) -> "PruneConfig":
+        return replace(self, **changes)
+
+    def label(self) -> str:
+        extra = f"+{self.update}" if self.update != "none" else ""
+        return f"{self.solver}{extra} {self.pattern} {self.sparsity:.0%}" if self.pattern != "unstructured" or True else ""
