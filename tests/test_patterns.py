@@ -1,0 +1,66 @@
+"""select_mask / parse_pattern: exact counts, stable tie-breaking, clear errors (invariant 1)."""
+import pytest
+import torch
+
+from pruning.patterns import PatternError, check_mask, parse_pattern, prune_count, select_mask
+
+
+@pytest.mark.parametrize("text,kind,n,m", [("unstructured", "unstructured", 0, 0), ("per-row", "per-row", 0, 0),
+                                           ("2:4", "nm", 2, 4), ("4:8", "nm", 4, 8), (" 1 : 4 ", "nm", 1, 4)])
+def test_parse(text, kind, n, m):
+    p = parse_pattern(text)
+    assert (p.kind, p.n, p.m) == (kind, n, m)
+
+
+@pytest.mark.parametrize("bad", ["4:2", "2:2", "0:4", "banana", "2:4:8", ""])
+def test_parse_rejects(bad):
+    with pytest.raises(PatternError, match="pattern"):
+        parse_pattern(bad)
+
+
+@pytest.mark.parametrize("s", [0.0, 0.1, 0.29, 0.5, 0.7, 0.9])
+@pytest.mark.parametrize("shape", [(7, 13), (64, 96), (3, 100)])
+def test_exact_counts(s, shape):
+    torch.manual_seed(0)
+    score = torch.randn(shape)
+    for pat in ("unstructured", "per-row"):
+        p = parse_pattern(pat)
+        keep = select_mask(score, p, s)
+        assert int((~keep).sum()) == prune_count(p, shape, s)
+        check_mask(keep, p, s)
+    # floor with round-off guard: 0.29*100 must give 29, not 28
+    assert prune_count(parse_pattern("per-row"), (1, 100), 0.29) == 29
+
+
+@pytest.mark.parametrize("pat", ["2:4", "4:8", "1:4", "3:8"])
+def test_nm_every_group(pat):
+    p = parse_pattern(pat)
+    score = torch.randn(16, 64)
+    keep = select_mask(score, p, 0.0)
+    groups = (~keep).reshape(16, -1, p.m).sum(-1)
+    assert bool((groups == p.n).all())
+    # the pruned ones are the smallest of their group
+    g = score.reshape(16, -1, p.m)
+    kept_min = torch.where(keep.reshape(16, -1, p.m), g, torch.inf).min(-1).values
+    pruned_max = torch.where(~keep.reshape(16, -1, p.m), g, -torch.inf).max(-1).values
+    assert bool((pruned_max <= kept_min).all())
+
+
+def test_ties_are_broken_by_index_and_count_stays_exact():
+    score = torch.ones(4, 8)  # all tied: the official `<=` threshold would prune everything
+    keep = select_mask(score, parse_pattern("unstructured"), 0.5)
+    assert int((~keep).sum()) == 16
+    assert bool((~keep).view(-1)[:16].all())  # lower flat indices first
+    keep = select_mask(score, parse_pattern("per-row"), 0.25)
+    assert bool((~keep)[:, :2].all()) and bool(keep[:, 2:].all())
+
+
+def test_nm_width_must_divide():
+    with pytest.raises(PatternError, match="multiple of M=4"):
+        select_mask(torch.randn(3, 10), parse_pattern("2:4"), 0.5)
+
+
+def test_check_mask_detects_wrong_density():
+    keep = torch.ones(4, 8, dtype=torch.bool)
+    with pytest.raises(PatternError):
+        check_mask(keep, parse_pattern("unstructured"), 0.5)
