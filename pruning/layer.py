@@ -126,7 +126,7 @@ def prune_layer(
         raise SolverError(f"weight: expected a 2-D (d_out, d_in) tensor, got shape {tuple(weight.shape)}")
     d_out, d_in = weight.shape
     pat.check_shape(d_in)
-    W = weight.detach().to(SOLVE_DTYPE).clone()
+    W = weight.detach().to(SOLVE_DTYPE, memory_format=torch.contiguous_format, copy=True)
     if not bool(torch.isfinite(W).all()):
         raise SolverError("weight: contains NaN/Inf")
     G = None

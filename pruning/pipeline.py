@@ -235,7 +235,7 @@ def capture_layer_problems(
             for n, lin in lins.items():
                 G, ntok = col.gram(n)
                 dev = device or G.device
-                out[(b, n)] = LayerProblem(W=lin.get_weight().detach().to(dev, torch.float32).clone(), G=G.to(dev), n_tokens=ntok, name=f"{b}.{n}")
+                out[(b, n)] = LayerProblem(W=lin.get_weight().detach().to(dev, torch.float32, memory_format=torch.contiguous_format, copy=True), G=G.to(dev), n_tokens=ntok, name=f"{b}.{n}")
         else:
             outs = run_block(block, inputs)
         inputs = BlockInputs(outs, inputs.args, inputs.kwargs)
@@ -271,9 +271,13 @@ class PruneResult:
 
 
 def validate_model_for_pattern(model: nn.Module, pattern) -> None:
-    """Reject an N:M pattern that does not tile some linear's input width, before anything is touched."""
+    """Reject non-finite weights and an N:M pattern that does not tile some input width, before anything is touched."""
     pat = parse_pattern(pattern)
     _, blocks = find_blocks(model)
+    for b, blk in enumerate(blocks):
+        for name, lin in block_linears(blk).items():
+            if not bool(torch.isfinite(lin.get_weight()).all()):
+                raise ValueError(f"weights: NaN/Inf in block {b} {name}; a model with non-finite weights cannot be pruned")
     if pat.is_nm:
         bad = sorted({f"{name} (d_in={lin.shape[1]})" for blk in blocks for name, lin in block_linears(blk).items() if lin.shape[1] % pat.m})
         if bad:
@@ -364,7 +368,7 @@ def prune_model(
                         check_cancel()
                         lin = sub[name]
                         G, ntok = grams[name]
-                        W = lin.get_weight().detach().to(torch.float32).clone()
+                        W = lin.get_weight().detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
                         problem = LayerProblem(W=W, G=G, n_tokens=ntok, name=f"{b}.{name}")
                         sol = solve(problem, config.solver, pattern, config.sparsity, s_opts, config.update, u_opts,
                                     SolveContext(on_iter_for(name), warn))

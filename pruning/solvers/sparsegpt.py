@@ -76,7 +76,7 @@ def obs_sweep(
     W: (d_out, d_in) float32, modified copy returned; U: (d_in, d_in) upper Cholesky factor of H⁻¹.
     Returns (pruned W, keep mask, OBS loss estimate Σ (w-q)²/U_jj² / 2).
     """
-    W = W.clone()
+    W = W.clone(memory_format=torch.contiguous_format)
     d_out, d_in = W.shape
     keep = torch.ones(d_out, d_in, dtype=torch.bool, device=W.device) if fixed_keep is None else fixed_keep
     loss = torch.zeros((), dtype=torch.float64, device=W.device)
@@ -88,7 +88,7 @@ def obs_sweep(
         Err1 = torch.zeros_like(W1)
         if fixed_keep is None and pattern.kind == "unstructured":
             k = _budget(d_out, i1, i2, sparsity)  # total = d_out * d_in; cumulative counts in columns
-            keep1 = torch.ones_like(W1, dtype=torch.bool)
+            keep1 = torch.ones(W1.shape, dtype=torch.bool, device=W1.device)
             if k > 0:
                 score = (W1 / d.unsqueeze(0)) ** 2
                 idx = torch.sort(score.reshape(-1), stable=True).indices[:k]
@@ -96,7 +96,7 @@ def obs_sweep(
             keep[:, i1:i2] = keep1
         elif fixed_keep is None and pattern.kind == "per-row":
             k = _floor(sparsity * i2) - _floor(sparsity * i1)
-            keep1 = torch.ones_like(W1, dtype=torch.bool)
+            keep1 = torch.ones(W1.shape, dtype=torch.bool, device=W1.device)
             if k > 0:
                 score = (W1 / d.unsqueeze(0)) ** 2
                 idx = torch.sort(score, dim=1, stable=True).indices[:, :k]
