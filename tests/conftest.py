@@ -1,0 +1,26 @@
+"""Shared pytest fixtures.
+
+tiny_llama   -- (model, tokenizer): random-init 2-layer Llama (hidden 64), fresh per test (safe to prune in place).
+tiny_models  -- (model, tokenizer), parametrised over every tiny family (llama, mistral, qwen2, opt, gpt2).
+smollm2      -- (model, tokenizer): the real embedded SmolLM2-135M-Instruct, fp32, CPU, eval mode; ONE instance per
+                session, so tests must not modify it (prune a ``copy.deepcopy`` instead). For ``@pytest.mark.slow``.
+"""
+import pytest
+import torch
+
+from pruning.models import TINY_FAMILIES, load_model, tiny_model
+
+
+@pytest.fixture
+def tiny_llama():
+    return tiny_model("llama", seed=0)
+
+
+@pytest.fixture(params=TINY_FAMILIES)
+def tiny_models(request):
+    return tiny_model(request.param, seed=0)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return load_model("smollm2-135m", device="cpu", dtype=torch.float32)

@@ -1,0 +1,314 @@
+"""pruning.data: sources and splits, calibration/eval windows, local wikitext2/c4 files, errors.
+
+Fast tests use the tiny byte-level tokenizer and small texts (pydoc, tmp files, pasted text); ``slow`` tests use the
+embedded Wikipedia sample and the real SmolLM2.
+"""
+import gzip
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+import pruning.data as pd
+from pruning.data import (DataError, calibration_windows, eval_windows, load_documents, load_text, split_ids,
+                          text_source, tokenizer_identity)
+from pruning.models import tiny_tokenizer
+
+
+@pytest.fixture
+def tok():
+    return tiny_tokenizer()
+
+
+def _ids(tok, text):
+    return torch.tensor(tok(text, add_special_tokens=False).input_ids)
+
+
+def _is_slice(window: torch.Tensor, ids: torch.Tensor) -> bool:
+    """Is ``window`` a contiguous slice of ``ids``?"""
+    n = window.numel()
+    if ids.numel() < n:
+        return False
+    starts = (ids[: ids.numel() - n + 1] == window[0]).nonzero().flatten().tolist()
+    return any(torch.equal(ids[s:s + n], window) for s in starts)
+
+
+PARAS = [f"Paragraph {i}: " + " ".join(f"word{i}_{j}" for j in range(40 + 7 * i)) for i in range(10)]
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "mine.txt"
+    path.write_text("\n\n".join(PARAS) + "\n", encoding="utf-8")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- sources, splits
+
+
+def test_pydoc_split_by_topic():
+    from pydoc_data.topics import topics
+
+    calib, ev = load_documents("pydoc", "calib"), load_documents("pydoc", "eval")
+    assert len(calib) + len(ev) == len(topics) and len(ev) == len(topics) // 4
+    keys = sorted(topics)
+    assert ev[0] == topics[keys[3]].strip() and calib[3] == topics[keys[4]].strip()
+    assert load_text("pydoc", "eval") == "\n\n".join(ev)
+
+
+def test_user_file_split_i_mod_4(text_file):
+    ev, calib = load_documents(str(text_file), "eval"), load_documents(f"file:{text_file}", "calib")
+    assert ev == [PARAS[3], PARAS[7]]
+    assert calib == [p for i, p in enumerate(PARAS) if i % 4 != 3]
+    assert load_text(str(text_file), "eval") == PARAS[3] + "\n\n" + PARAS[7]
+
+
+def test_user_file_few_parts_uses_whole_text(tmp_path):
+    path = tmp_path / "short.txt"
+    text = "First part.\n\nSecond part.\nStill second.\n"
+    path.write_text(text, encoding="utf-8")
+    assert load_text(str(path), "calib") == load_text(str(path), "eval") == text
+
+
+def test_pasted_text_matches_file(text_file):
+    src = text_source(text_file.read_text(encoding="utf-8"))
+    assert src.startswith("text:")
+    for split in ("calib", "eval"):
+        assert load_text(src, split) == load_text(str(text_file), split)
+
+
+def test_errors_name_the_field(tmp_path):
+    with pytest.raises(DataError, match=r"^calib\.source: unknown source 'nope-source'.*wiki-sample, pydoc"):
+        load_text("nope-source", "calib")
+    with pytest.raises(DataError, match=r"^eval\.source"):
+        load_text(str(tmp_path / "missing.txt"), "eval")
+    with pytest.raises(DataError, match=r"^split: 'test'.*calib, eval"):
+        load_text("pydoc", "test")
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9 \xa3".encode("latin-1"))
+    with pytest.raises(DataError, match=r"calib\.source: .*not UTF-8"):
+        load_text(str(bad), "calib")
+    with pytest.raises(DataError, match=r"eval\.source: .*no text"):
+        load_text("text:   \n\n  ", "eval")
+
+
+def test_file_edit_invalidates_cache(tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_text("one two three", encoding="utf-8")
+    assert load_text(str(path), "calib") == "one two three"
+    path.write_text("four five six seven", encoding="utf-8")  # size (and mtime) change
+    assert load_text(str(path), "calib") == "four five six seven"
+
+
+# ------------------------------------------------------------------------------------------ calibration windows
+
+
+def test_calibration_deterministic_shapes_and_slices(tok):
+    a = calibration_windows(tok, "pydoc", nsamples=6, seqlen=64, seed=0)
+    b = calibration_windows(tok, "pydoc", nsamples=6, seqlen=64, seed=0)
+    c = calibration_windows(tok, "pydoc", nsamples=6, seqlen=64, seed=1)
+    assert a.shape == (6, 64) and a.dtype == torch.long
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    docs = load_documents("pydoc", "calib")
+    doc_ids = [_ids(tok, d) for d in docs]
+    for w in a:  # each window is a slice of ONE document longer than seqlen
+        assert any(d.numel() > 64 and _is_slice(w, d) for d in doc_ids)
+
+
+def test_calibration_follows_reference_draw_order(tok, text_file):
+    """Same draws as the reference get_c4: randint(doc) until long enough, then randint(start)."""
+    import random
+
+    docs = load_documents(str(text_file), "calib")
+    doc_ids = [_ids(tok, d) for d in docs]
+    seqlen = 100
+    rng, expected = random.Random(5), []
+    while len(expected) < 4:
+        i = rng.randint(0, len(docs) - 1)
+        if doc_ids[i].numel() > seqlen:
+            s = rng.randint(0, doc_ids[i].numel() - seqlen - 1)
+            expected.append(doc_ids[i][s:s + seqlen])
+    got = calibration_windows(tok, str(text_file), nsamples=4, seqlen=seqlen, seed=5)
+    assert torch.equal(got, torch.stack(expected))
+
+
+def test_calibration_falls_back_to_stream_when_documents_are_short(tok, text_file):
+    doc_ids = [_ids(tok, d) for d in load_documents(str(text_file), "calib")]
+    seqlen = max(d.numel() for d in doc_ids) + 5  # no single paragraph is long enough
+    stream = split_ids(tok, str(text_file), "calib")
+    assert stream.numel() > seqlen
+    w = calibration_windows(tok, str(text_file), nsamples=3, seqlen=seqlen, seed=0)
+    assert w.shape == (3, seqlen) and all(_is_slice(row, stream) for row in w)
+    assert torch.equal(w, calibration_windows(tok, str(text_file), nsamples=3, seqlen=seqlen, seed=0))
+
+
+def test_calibration_too_small_text_errors(tok):
+    src = text_source("only a handful of words here")
+    n = split_ids(tok, src, "calib").numel()
+    with pytest.raises(DataError, match=rf"seqlen: .*only {n} tokens.*nsamples.*seqlen=64.*seqlen\+1 = 65"):
+        calibration_windows(tok, src, nsamples=2, seqlen=64)
+
+
+# ------------------------------------------------------------------------------------------------ eval windows
+
+
+def test_eval_windows_tail_dropped_and_capped(tok, text_file):
+    ids = _ids(tok, load_text(str(text_file), "eval"))  # the split tokenised as ONE string
+    seqlen = 16
+    full = eval_windows(tok, str(text_file), seqlen=seqlen, max_windows=0)
+    n = ids.numel() // seqlen
+    assert ids.numel() % seqlen != 0  # there is a tail to drop
+    assert full.shape == (n, seqlen) and torch.equal(full.reshape(-1), ids[: n * seqlen])
+    capped = eval_windows(tok, str(text_file), seqlen=seqlen, max_windows=3)
+    assert torch.equal(capped, full[:3])
+    with pytest.raises(DataError, match="eval_seqlen: .*fewer than one window"):
+        eval_windows(tok, str(text_file), seqlen=ids.numel() + 1)
+
+
+def test_no_bos_inserted(tok, text_file):
+    from tokenizers.processors import TemplateProcessing
+
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<|endoftext|> $A",
+                                                              special_tokens=[("<|endoftext|>", 0)])
+    assert tok("abc").input_ids[0] == 0  # this tokenizer would add a BOS by default
+    w = eval_windows(tok, str(text_file), seqlen=16, max_windows=2)
+    c = calibration_windows(tok, str(text_file), nsamples=8, seqlen=16, seed=0)
+    assert int((w == 0).sum()) == 0 and int((c == 0).sum()) == 0
+
+
+def test_token_cache_hits_and_tokenizer_identity(tok):
+    a = split_ids(tok, "pydoc", "eval")
+    assert split_ids(tok, "pydoc", "eval") is a  # served from the in-memory cache
+    other = tiny_tokenizer()
+    assert tokenizer_identity(other) == tokenizer_identity(tok)
+    other.add_tokens(["<extra_tok>"])
+    pd._TOK_IDS.clear()
+    assert tokenizer_identity(other) != tokenizer_identity(tok)
+
+
+# ------------------------------------------------------------------------------ wikitext2 / c4 (local files)
+
+
+WT_TRAIN = [" = Title = \n", " \n", " Some train text about things . \n", " More train text . \n"]
+WT_TEST = [" = Test = \n", " \n", " Test text here . \n"]
+
+
+def test_wikitext2_local_jsonl_and_raw(tmp_path):
+    d = tmp_path / "wt2"
+    d.mkdir()
+    (d / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in WT_TRAIN), encoding="utf-8")
+    (d / "test.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in WT_TEST), encoding="utf-8")
+    src = f"wikitext2:{d}"
+    assert load_text(src, "calib") == " ".join(WT_TRAIN)  # reference: " ".join(train['text'])
+    assert load_text(src, "eval") == "\n\n".join(WT_TEST)  # reference: "\n\n".join(test['text'])
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "wiki.train.raw").write_text("".join(WT_TRAIN), encoding="utf-8")
+    (raw / "wiki.test.raw").write_text("".join(WT_TEST), encoding="utf-8")
+    assert load_text(f"wikitext2:{raw}", "calib") == " ".join(WT_TRAIN)
+    assert load_text(f"wikitext2:{raw}", "eval") == "\n\n".join(WT_TEST)
+    assert pd.wikitext2_documents("eval", {"test": raw / "wiki.test.raw"}) == ["\n\n".join(WT_TEST)]
+
+
+def test_wikitext2_local_parquet(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow not installed: parquet reading not testable here")
+    import pyarrow as pa
+
+    d = tmp_path / "wt2"
+    d.mkdir()
+    pq.write_table(pa.table({"text": WT_TRAIN}), d / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table({"text": WT_TEST}), d / "test-00000-of-00001.parquet")
+    assert load_text(f"wikitext2:{d}", "calib") == " ".join(WT_TRAIN)
+    assert load_text(f"wikitext2:{d}", "eval") == "\n\n".join(WT_TEST)
+
+
+def test_c4_local_shards(tmp_path, tok):
+    root = tmp_path / "c4" / "en"
+    root.mkdir(parents=True)
+    train = [f"Train doc {i}. " + "alpha beta gamma delta " * (5 + 10 * (i % 3)) for i in range(12)]
+    val = [f"val{i}" for i in range(1105)]
+    with gzip.open(root / "c4-train.00000-of-01024.json.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": t, "url": "u"}) + "\n" for t in train)
+    with gzip.open(root / "c4-validation.00000-of-00008.json.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t in val)
+    src = f"c4:{tmp_path / 'c4'}"
+    assert load_documents(src, "calib") == train  # documents = rows of the train shard
+    assert load_text(src, "eval") == " ".join(val[:1100])  # first 1100 validation docs joined with ' '
+    w = calibration_windows(tok, src, nsamples=5, seqlen=32, seed=0)
+    assert w.shape == (5, 32) and all(any(_is_slice(r, _ids(tok, t)) for t in train) for r in w)
+
+
+def test_hub_sources_without_datasets_give_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    with pytest.raises(DataError, match=r"^calib\.source: 'wikitext2' needs the `datasets` package.*wikitext2:"):
+        load_text("wikitext2", "calib")
+    with pytest.raises(DataError, match=r"^eval\.source: 'c4' needs the `datasets` package.*c4:"):
+        load_text("c4", "eval")
+    with pytest.raises(DataError, match=r"eval\.source: wikitext2 path .* does not exist"):
+        load_text("wikitext2:/no/such/folder", "eval")
+
+
+# ------------------------------------------------------------------------------- Wikipedia conversion (fast)
+
+BODY = ("'''Foo''' is a [[bar|thing]] ({{IPA|x}}) studied since 1900.<ref>Cite me</ref> " * 60
+        + "\n[[File:Foo.jpg|thumb|A caption]]\n{| class=wikitable\n|-\n| cell\n|}\n"
+        + "== History ==\nIt grew ( ) a lot.\n[[Category:Things]]\n")
+XML = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">
+<page><title>Foo</title><ns>0</ns><revision><text>{body}== See also ==\n* [[Baz]] is related</text></revision></page>
+<page><title>Redirected</title><ns>0</ns><redirect title="Foo" /><revision><text>#REDIRECT [[Foo]]</text></revision></page>
+<page><title>Foo (disambiguation)</title><ns>0</ns><revision><text>{body}</text></revision></page>
+<page><title>Stub</title><ns>0</ns><revision><text>Too short.</text></revision></page>
+</mediawiki>"""
+
+
+def test_wiki_conversion_rules(tmp_path):
+    import bz2
+    from xml.sax.saxutils import escape
+
+    path = tmp_path / "mini.xml.bz2"
+    path.write_bytes(bz2.compress(XML.format(body=escape(BODY)).encode()))
+    articles = pd.convert_wiki_sample(path)
+    assert len(articles) == 1  # redirect, disambiguation and the <2000-char stub are skipped
+    art = articles[0]
+    assert art.startswith("= Foo =\nFoo is a thing () studied since 1900.")
+    for gone in ("Cite me", "File:", "caption", "wikitable", "cell", "Category", "See also", "Baz", "( )", "\n\n"):
+        assert gone not in art, gone
+    assert "\nHistory\nIt grew a lot." in art  # headings become plain lines; "( )" removed
+
+
+def test_wiki_sample_missing_gensim_names_pip(monkeypatch, tmp_path):
+    monkeypatch.setenv("PRUNING_LAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(pd, "WIKI_FILE", "no-such-file.xml.bz2")
+    with pytest.raises(DataError, match=r"wiki-sample.*pip install --no-deps gensim==4\.4\.0"):
+        load_text("wiki-sample", "calib")
+
+
+# ------------------------------------------------------------------------------------ embedded Wikipedia (slow)
+
+
+@pytest.mark.slow
+def test_wiki_sample_counts():
+    calib, ev = load_documents("wiki-sample", "calib"), load_documents("wiki-sample", "eval")
+    assert len(calib) == 71 and len(ev) == 23 and len(calib) + len(ev) == pd.WIKI_ARTICLES
+    assert ev[0].startswith("= A =\n") and ev[1].startswith("= Aristotle =\n") and calib[0].startswith("= Anarchism =")
+    assert ev[-1].startswith("= American Revolutionary War =")
+    assert all(d.startswith("= ") and "\n\n" not in d and len(d) > 2000 for d in calib + ev)
+    full = pd.wiki_sample_path().read_text(encoding="utf-8")
+    assert abs(len(load_text("wiki-sample", "eval")) - 596_870) < 500  # assets.md: 596,870 chars
+    assert abs(len(full) - 2_799_783) < 2000
+
+
+@pytest.mark.slow
+def test_wiki_sample_windows_and_dense_ppl(smollm2):
+    model, tok = smollm2
+    assert abs(split_ids(tok, "wiki-sample", "eval").numel() - 131_018) < 200  # assets.md: 131,018 tokens
+    cw = calibration_windows(tok, "wiki-sample", nsamples=4, seqlen=512, seed=0)
+    assert cw.shape == (4, 512)
+    ew = eval_windows(tok, "wiki-sample", seqlen=512, max_windows=4)
+    assert ew.shape == (4, 512)
+    with torch.no_grad():
+        losses = [float(model(w[None], labels=w[None]).loss) for w in ew]
+    ppl = math.exp(sum(losses) / len(losses))
+    assert math.isfinite(ppl) and 10 < ppl < 60, ppl  # assets.md: 21.9 (8 windows), 22.8 (16), 25.4 (32)
