@@ -5,6 +5,12 @@ tiny_models  -- (model, tokenizer), parametrised over every tiny family (llama, 
 smollm2      -- (model, tokenizer): the real embedded SmolLM2-135M-Instruct, fp32, CPU, eval mode; ONE instance per
                 session, so tests must not modify it (prune a ``copy.deepcopy`` instead). For ``@pytest.mark.slow``.
 """
+import os
+
+# Tests never need the network: keep Hugging Face libraries offline (no connection attempts).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 import pytest
 import torch
 
