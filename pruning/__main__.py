@@ -77,13 +77,13 @@ def _gpu(device: str) -> bool:
 
 def _config(a, solver: str, sparsity: float, pattern: str, opt_names: list[str]) -> PruneConfig:
     gpu = _gpu(a.device)
-    seqlen = a.seqlen or (2048 if gpu else 512)
+    seqlen = a.seqlen if a.seqlen is not None else (2048 if gpu else 512)
     opts = {n: getattr(a, "opt_" + n) for n in opt_names if getattr(a, "opt_" + n) is not None}
     return PruneConfig(
         model=a.model, solver=solver, sparsity=sparsity, pattern=pattern, update=getattr(a, "update", "none"), options=opts,
-        calib=CalibConfig(source=a.calib, nsamples=a.nsamples or (128 if gpu else 16), seqlen=seqlen, seed=a.seed),
+        calib=CalibConfig(source=a.calib, nsamples=a.nsamples if a.nsamples is not None else (128 if gpu else 16), seqlen=seqlen, seed=a.seed),
         eval=EvalConfig(source=a.eval_source or a.calib, windows=a.eval_windows if a.eval_windows is not None else (0 if gpu else 16),
-                        seqlen=a.eval_seqlen or seqlen),
+                        seqlen=a.eval_seqlen if a.eval_seqlen is not None else seqlen),
         device=a.device, dtype=a.dtype, true_sequential=a.true_sequential, batch_size=a.batch_size,
         prompts=tuple(a.prompt) if a.prompt else DEFAULT_PROMPTS, max_new_tokens=a.max_new_tokens,
     )
