@@ -1,0 +1,278 @@
+"""The Gradio app driven through gradio_client against a launched server on 127.0.0.1 (real engine).
+
+The jobs run the real ``pruning.api.run_job`` on tiny random-init Llama checkpoints saved to a temp dir
+(a local model path, exactly as a user would give one), so every test takes seconds. Also: plots from plain
+records, controls generated from the registry, and the one-way import rule (no torch in ui/).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from gradio_client import Client
+
+from pruning import SOLVERS
+from pruning.cache import ResultStore
+from pruning.config import PruneConfig
+from pruning.jobs import JobRunner
+from pruning.models import save_pretrained, tiny_model
+from pruning.solvers import Option, SolverOutput
+
+ROOT = Path(__file__).resolve().parent.parent
+P_PROGRESS, P_PLOT, P_LOG, P_METRICS, P_GENS, P_TABLE, P_REPORT, P_JOB = range(8)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tiny_cfg(model: str, **kw) -> dict:
+    cfg = {"model": model, "solver": "wanda", "sparsity": 0.5, "calib": {"nsamples": 2, "seqlen": 64},
+           "eval": {"windows": 2, "seqlen": 64}, "max_new_tokens": 4}
+    cfg.update(kw)
+    return cfg
+
+
+def _state(out) -> str | None:
+    m = re.search(r'data-state="(\w+)"', out[P_PROGRESS]) if isinstance(out[P_PROGRESS], str) else None
+    return m.group(1) if m else None
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from ui import build_app
+
+    tmp = tmp_path_factory.mktemp("app")
+    small = tmp / "tiny-llama"
+    save_pretrained(*tiny_model("llama", seed=0), small)
+    deep = tmp / "tiny-llama-8"  # 8 blocks, for a job long enough to cancel in the middle
+    save_pretrained(*tiny_model("llama", seed=1, num_hidden_layers=8), deep)
+    pre = tmp / "precomputed"
+    pre.mkdir()
+    (pre / "sweep.json").write_text(json.dumps([{
+        "config": {"model": "smollm2-135m", "solver": "sparsegpt", "pattern": "unstructured", "sparsity": 0.5,
+                   "calib": {"nsamples": 128, "seqlen": 2048}, "eval": {"windows": 0, "seqlen": 2048}},
+        "key": "precomputed-demo", "model": {"id": "smollm2-135m", "fingerprint": "x", "n_blocks": 30, "n_params": 1},
+        "perplexity": {"dense": 10.0, "pruned": 12.0}, "sparsity": 0.5,
+        "layers": [{"block": 0, "name": "mlp.down_proj", "rel_error": 0.1, "sparsity": 0.5, "seconds": 0.1}],
+        "timings": {"prune_total": 1.0}}]))
+    store = ResultStore(tmp / "cache")
+    runner = JobRunner(store=store)
+    demo = build_app(runner=runner, store=store, precomputed_dir=pre)
+    port = _free_port()
+    demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", small=str(small), deep=str(deep), store=store, runner=runner)
+    finally:
+        runner.shutdown()
+        demo.close()
+
+
+def test_prune_streams_then_returns_from_cache(app):
+    client = Client(app.url, verbose=False)
+    cfg = _tiny_cfg(app.small)
+    t0 = time.time()
+    outs = list(client.submit(cfg, api_name="/prune"))
+    assert len(outs) >= 4, "expected several streamed updates"
+    final = outs[-1]
+    assert _state(final) == "done"
+    intermediate = [o for o in outs[:-1] if _state(o) in ("queued", "running")]
+    assert len(intermediate) >= 3
+    titles = {re.search(r"font-weight:600;font-size:15px\">([^<]+)<", o[P_PROGRESS]).group(1) for o in intermediate}
+    assert len(titles) >= 2, titles  # several phases were shown before the end
+    report = final[P_REPORT]
+    assert len(report["layers"]) == 2 * 7 and report["cached"] is False
+    assert math.isfinite(report["perplexity"]["pruned"]) and report["perplexity"]["pruned"] > 0
+    assert abs(report["sparsity"] - 0.5) < 0.01
+    fig = json.loads(final[P_PLOT]["plot"])
+    assert len(fig["data"]) == 7 and sum(len(t["y"]) for t in fig["data"]) == 14  # 7 projections × 2 blocks
+    assert final[P_TABLE]["data"] and len(final[P_TABLE]["data"]) == 14
+    assert "Dense" in final[P_GENS] and "Pruned" in final[P_GENS]
+    assert final[P_JOB].startswith("job-")
+    first_run = time.time() - t0
+    # the same config again: from the store, at once (stored before it was shown)
+    assert app.store.get(report["key"], report["model"]["fingerprint"]) is not None
+    t1 = time.time()
+    again = client.predict(cfg, api_name="/prune")
+    assert _state(again) == "done" and "from the cache" in again[P_PROGRESS]
+    assert again[P_REPORT]["cached"] is True
+    assert time.time() - t1 < max(5.0, first_run / 2)
+
+
+def test_cancel_stops_running_job_and_next_job_works(app):
+    owner, other = Client(app.url, verbose=False), Client(app.url, verbose=False)  # two browser tabs
+    slow = _tiny_cfg(app.deep, solver="admm", options={"iters": 200})
+    job = owner.submit(slow, api_name="/prune")
+    cancelled_at, waiting = None, None
+    for out in job:
+        log = out[P_LOG] if isinstance(out[P_LOG], str) else ""
+        if cancelled_at is None and " err " in log:  # at least one layer solved: the job is running
+            # the other tab cannot cancel it, and its own job waits in line with its position shown
+            assert other.predict("", api_name="/cancel").startswith("Nothing to cancel")
+            waiting = other.submit(_tiny_cfg(app.small, solver="magnitude", sparsity=0.2), api_name="/prune")
+            t = time.time()
+            while not any(_state(o) == "queued" and "position 1 in the queue" in o[P_PROGRESS] for o in waiting.outputs()):
+                assert time.time() - t < 30, "the second job never showed its queue position"
+                time.sleep(0.2)
+            msg = owner.predict("", api_name="/cancel")
+            assert "Cancel requested" in msg
+            cancelled_at = time.time()
+    final = job.outputs()[-1]
+    assert cancelled_at is not None, "the job finished before a layer was reported"
+    assert _state(final) == "cancelled" and "untouched" in final[P_PROGRESS]
+    assert time.time() - cancelled_at < 30
+    assert app.store.get(PruneConfig.from_dict(slow).key()) is None  # nothing cached for a cancelled run
+    t = time.time()
+    while not waiting.done():
+        assert time.time() - t < 60
+        time.sleep(0.2)
+    assert _state(waiting.outputs()[-1]) == "done"  # the other tab's job ran after the cancel, untouched by it
+    nxt = owner.predict(_tiny_cfg(app.deep, solver="magnitude", sparsity=0.3), api_name="/prune")
+    assert _state(nxt) == "done" and len(nxt[P_REPORT]["layers"]) == 8 * 7
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"sparsity": 1.2}, r"sparsity: 1\.2 is outside the allowed range \[0, 1\)"),
+    ({"pattern": "1:3"}, r"^pattern: 1:3 needs every input width to be a multiple of 3"),  # widths 64/128
+    ({"solver": "nope"}, r"solver: unknown solver 'nope'; allowed: .*wanda"),
+    ({"options": {"blocksize": -4}, "solver": "sparsegpt"}, r"sparsegpt\.blocksize"),
+])
+def test_bad_input_gives_clear_message(app, change, expected):
+    client = Client(app.url, verbose=False)
+    with pytest.raises(Exception) as err:
+        client.predict(_tiny_cfg(app.small, **change), api_name="/prune")
+    assert re.search(expected, str(err.value).strip()), str(err.value)
+
+
+def test_lab_api(app):
+    client = Client(app.url, verbose=False)
+    out = client.predict(app.small, 1, "mlp.down_proj", 0.5, "unstructured", 2, 64, 5, 5, api_name="/lab")
+    status, summary = out[0], out[8]
+    assert "Block 1" in status and "mlp.down_proj" in status and "✓" in status
+    assert set(summary["greedy"]) == {"magnitude", "wanda", "sparsegpt"}
+    assert all(0 < g["rel_error"] < 1 for g in summary["greedy"].values())
+    admm = summary["iterative"]
+    assert all(v["iterations"] == 5 for v in admm.values()) and len(admm) == 2
+    assert summary["sparsefw"]["rel_error"] > 0
+    assert summary["greedy"]["sparsegpt"]["rel_error"] < summary["greedy"]["magnitude"]["rel_error"]
+    err_fig = json.loads(out[1]["plot"])
+    names = [t["name"].split(":")[0] for t in err_fig["data"]]
+    assert names == ["ADMM (fixed Wanda mask)", "ADMM-Grad (gradual mask)", "magnitude", "wanda", "sparsegpt"]
+    assert all(len(set(t["y"])) == 1 for t in err_fig["data"][2:])  # greedy errors: horizontal lines
+    with pytest.raises(Exception, match=r"1\.2 is greater than maximum value 0\.95"):  # the slider's own bound check
+        client.predict(app.small, 1, "mlp.down_proj", 1.2, "unstructured", 2, 64, 5, 5, api_name="/lab")
+    with pytest.raises(Exception, match=r"pattern: 2:5 needs the input width to be a multiple of M=5"):
+        client.predict(app.small, 1, "mlp.down_proj", 0.5, "2:5", 2, 64, 5, 5, api_name="/lab")
+    with pytest.raises(Exception, match="projection"):
+        client.predict(app.small, 1, "mlp.nope", 0.5, "unstructured", 2, 64, 5, 5, api_name="/lab")
+
+
+def test_sweep_runs_table_and_estimate(app):
+    client = Client(app.url, verbose=False)
+    outs = list(client.submit(app.small, ["magnitude", "wanda"], ["unstructured", "2:4"], "0.3", 2, 64, 2, 64, api_name="/sweep"))
+    status = outs[-1][0]
+    assert len(status["data"]) == 4 and all(str(r[-1]).startswith("done") for r in status["data"]), status["data"]
+    assert len(outs) >= 2
+    table, fig = client.predict("all models", True, api_name="/runs")[:2]
+    cols = table["headers"]
+    rows = [dict(zip(cols, r)) for r in table["data"]]
+    assert any(r["source"] == "precomputed" for r in rows)
+    mine = [r for r in rows if r["model"] == app.small and r["solver"] in ("magnitude", "wanda")]
+    assert {(r["solver"], r["pattern"]) for r in mine} >= {("magnitude", "2:4"), ("wanda", "unstructured")}
+    names = [t["name"] for t in json.loads(fig["plot"])["data"]]
+    assert any("precomputed" in n for n in names) and any(n.startswith("wanda · 2:4") for n in names)
+    assert client.predict(_tiny_cfg(app.small), api_name="/estimate") > 0
+    with pytest.raises(Exception, match="sparsities"):
+        client.predict(app.small, ["wanda"], ["unstructured"], "abc", 2, 64, 2, 64, api_name="/sweep")
+
+
+# ------------------------------------------------------------------------------------------ no server needed
+def test_ui_never_imports_torch_or_transformers():
+    for path in [*sorted((ROOT / "ui").glob("*.py")), ROOT / "app.py"]:
+        text = path.read_text()
+        assert not re.search(r"^\s*(import|from)\s+(torch|transformers)\b", text, re.M), path
+
+
+def test_controls_come_from_the_registry():
+    from ui.layout import build_layout
+
+    def toy(problem, pattern, sparsity, opts, ctx):  # pragma: no cover - never run
+        return SolverOutput(problem.W, problem.W != 0)
+
+    SOLVERS.register("toy", kind="mask", needs_gram=False, summary="A toy solver.", paper="https://example.org",
+                     options=(Option("knob", 3, "int", "a knob", min=0, max=9), Option("mode", "a", "choice", choices=("a", "b"))))(toy)
+    try:
+        c = build_layout()
+        assert "toy" in [v for _, v in c.solver.choices]
+        refs = [(r.owner, r.option.name) for r in c.option_refs]
+        assert ("toy", "knob") in refs and ("toy", "mode") in refs
+        assert "toy" in c.solver_groups and len(c.option_inputs) == len(c.option_refs)
+        from ui.handlers import config_from_form, FORM_FIELDS
+
+        form = dict(zip(FORM_FIELDS, ["smollm2-135m", "toy", "unstructured", 0.5, "none", 2, 64, "wiki-sample", 2, 64,
+                                      "cpu", "auto", "hi", 4]))
+        values = [7 if (r.owner, r.option.name) == ("toy", "knob") else r.option.default for r in c.option_refs]
+        cfg = config_from_form(form, values, c.option_refs)
+        assert cfg.option_dict == {"knob": 7}  # only non-default options of the chosen solver: CLI-compatible keys
+    finally:
+        SOLVERS._specs.pop("toy", None)
+
+
+def test_plots_from_plain_records():
+    from ui import plots
+
+    layers = [{"block": b, "name": n, "rel_error": 0.01 * (b + 1), "sparsity": 0.5, "seconds": 0.1}
+              for b in range(3) for n in ("self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj")]
+    fig = plots.layer_error_figure(layers, n_blocks=30)
+    assert [t.name for t in fig.data] == ["q_proj", "k_proj", "down_proj"]
+    assert len({t.marker.color for t in fig.data}) == 3 and list(fig.data[0].x) == [0, 1, 2]
+    assert tuple(fig.layout.xaxis.range) == (-0.5, 29.5) and fig.layout.barmode == "group"
+    run = lambda solver, s, ppl, pre=False: {"config": {"solver": solver, "pattern": "unstructured", "update": "none"},  # noqa: E731
+                                            "sparsity": s, "perplexity": {"dense": 10.0, "pruned": ppl}, "layers": layers,
+                                            "precomputed": pre}
+    runs = [run("wanda", 0.5, 20), run("wanda", 0.7, 60), run("sparsegpt", 0.5, 15), run("sparsegpt", 0.5, 16, True)]
+    t = plots.tradeoff_figure(runs)
+    names = sorted(tr.name for tr in t.data)
+    assert names == ["dense 10.00", "sparsegpt · unstructured", "sparsegpt · unstructured (precomputed)", "wanda · unstructured"]
+    assert not t.layout.annotations  # nothing placed in data units on the log axis
+    wanda = next(tr for tr in t.data if tr.name == "wanda · unstructured")
+    assert list(wanda.x) == [0.5, 0.7] and list(wanda.y) == [20, 60]
+    assert next(tr for tr in t.data if "precomputed" in tr.name).marker.symbol == "circle-open"
+    assert len(plots.overlay_figure(runs[0], runs[2]).data) == 2
+    assert plots.tradeoff_figure([]).layout.annotations  # an explicit "no runs" message, not a blank axis
+
+
+def test_lab_degrades_when_a_solver_is_missing():
+    import torch
+
+    from pruning.lab import mask_crop, solve_layer
+    from pruning.solvers import LayerProblem
+    from ui import plots
+    from ui.handlers import explanation_md, lab_summary
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(32, 400, generator=g)  # (d_in, tokens)
+    problem = LayerProblem(W=torch.randn(24, 32, generator=g), G=X @ X.T, n_tokens=400)
+    removed = {n: SOLVERS._specs.pop(n) for n in ("admm", "sparsefw") if n in SOLVERS}
+    try:
+        res = solve_layer(problem, 0.5, "2:4")
+    finally:
+        SOLVERS._specs.update(removed)
+    assert all(not v["available"] and "not available" in v["reason"] for v in res["iterative"].values())
+    assert res["sparsefw"]["available"] is False
+    assert res["mask"]["a"] == "Wanda" and res["layer"]["sparsity"] == 0.5  # 2:4 fixes the sparsity
+    assert all(0 < g["rel_error"] < 1 for g in res["greedy"].values())
+    assert "not available" in plots.sparsefw_figure(res["sparsefw"]).layout.annotations[0].text
+    assert plots.residuals_figure(res).layout.annotations  # a message, not an empty axis
+    assert "ADMM is not available" in explanation_md(res)
+    assert lab_summary(res)["iterative"]["ADMM-Grad (gradual mask)"]["available"] is False
+    crop = mask_crop(res["mask"], 100, 100, 16)  # clamped to the 24×32 matrix
+    assert (crop["row"], crop["col"], crop["size"]) == (8, 16, 16) and len(crop["codes"]) == 16

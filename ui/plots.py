@@ -1,0 +1,322 @@
+"""Plotly figures built from plain records (report dicts, lab results). No state, no engine imports.
+
+Every function takes lists/dicts of numbers and strings and returns a ``go.Figure``; the figures are rebuilt
+from the cached data whenever needed (STYLE.md §2.11, §2.13).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import plotly.graph_objects as go
+
+TEMPLATE = "plotly_white"
+FONT = dict(family="Inter, ui-sans-serif, system-ui, -apple-system, Segoe UI, sans-serif", size=12)
+# one colour per projection type, stable across figures (Llama names; OPT / GPT-2 names map onto the same roles)
+PROJ_COLORS = {
+    "q_proj": "#4C78A8", "k_proj": "#72B7B2", "v_proj": "#54A24B", "o_proj": "#EECA3B",
+    "gate_proj": "#F58518", "up_proj": "#E45756", "down_proj": "#B279A2",
+    "out_proj": "#EECA3B", "fc1": "#F58518", "fc2": "#B279A2",
+    "attn.c_attn": "#4C78A8", "attn.c_proj": "#EECA3B", "mlp.c_fc": "#F58518", "mlp.c_proj": "#B279A2",
+}
+PALETTE = ("#4C78A8", "#F58518", "#E45756", "#72B7B2", "#54A24B", "#EECA3B", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC")
+SOLVER_COLORS = {"magnitude": "#9D755D", "wanda": "#F58518", "ria": "#FF9DA6", "sparsegpt": "#4C78A8",
+                 "admm": "#E45756", "sparsefw": "#54A24B", "sparsellm": "#B279A2"}
+PATTERN_DASH = {"unstructured": "solid", "per-row": "dot", "2:4": "dash", "4:8": "dashdot"}
+MASK_COLORS = ("#f1f3f5", "#bac8ff", "#e8590c", "#12b886")  # pruned both, kept both, kept A only, kept B only
+KEPT_A, KEPT_B = 2, 3
+
+
+def _layout(fig: go.Figure, title: str | None = None, height: int = 380, **kw) -> go.Figure:
+    base = dict(template=TEMPLATE, font=FONT, height=height, margin=dict(l=64, r=24, t=44 if title else 16, b=40),
+                title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)) if title else None,
+                legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0, font=dict(size=11)),
+                hoverlabel=dict(font_size=12), showlegend=True)
+    base.update({k: v for k, v in kw.items() if v is not None})
+    fig.update_layout(**base)
+    return fig
+
+
+def empty_figure(message: str = "Nothing to show yet", height: int = 300) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font=dict(size=14, color="#868e96"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, height=height)
+
+
+def _short(name: str) -> str:
+    return name.split(".")[-1] if name.split(".")[-1] in PROJ_COLORS else name
+
+
+def projection_colors(names: Iterable[str]) -> dict[str, str]:
+    """name -> colour; known projections get their fixed colour, others the palette in order of appearance."""
+    out, k = {}, 0
+    for n in names:
+        if n in out:
+            continue
+        s = _short(n)
+        if s in PROJ_COLORS and PROJ_COLORS[s] not in out.values():
+            out[n] = PROJ_COLORS[s]
+        elif n in PROJ_COLORS:
+            out[n] = PROJ_COLORS[n]
+        else:
+            out[n] = PALETTE[k % len(PALETTE)]
+            k += 1
+    return out
+
+
+def _ordered_names(layers: list[dict]) -> list[str]:
+    seen: dict[str, None] = {}
+    for l in layers:
+        seen.setdefault(l["name"], None)
+    return list(seen)
+
+
+def layer_error_figure(layers: list[dict], n_blocks: int | None = None, title: str | None = "Relative error per layer",
+                       log_y: bool = False, height: int = 400) -> go.Figure:
+    """Grouped bars: x = block, one bar per projection (coloured by type), y = rel_error ‖WX−ŴX‖²/‖WX‖²."""
+    if not layers:
+        return empty_figure("Per-layer errors appear here as each layer is pruned", height=height)
+    names = _ordered_names(layers)
+    colors = projection_colors(names)
+    fig = go.Figure()
+    for n in names:
+        rows = [l for l in layers if l["name"] == n]
+        fig.add_trace(go.Bar(
+            x=[l["block"] for l in rows], y=[l["rel_error"] for l in rows], name=_short(n), marker_color=colors[n],
+            customdata=[[l.get("sparsity", float("nan")), l.get("seconds", float("nan"))] for l in rows],
+            hovertemplate=f"block %{{x}} · {n}<br>rel. error %{{y:.4g}}<br>sparsity %{{customdata[0]:.1%}}"
+                          "<br>%{customdata[1]:.2f} s<extra></extra>"))
+    nb = n_blocks or (max(l["block"] for l in layers) + 1)
+    fig.update_layout(barmode="group", bargap=0.15, bargroupgap=0.05)
+    fig.update_xaxes(title="block", range=[-0.5, nb - 0.5], dtick=1 if nb <= 32 else None)
+    fig.update_yaxes(title="relative error", type="log" if log_y else "linear", rangemode="tozero")
+    return _layout(fig, title, height)
+
+
+def run_label(run: dict) -> str:
+    c = run.get("config", {})
+    upd = f"+{c['update']}" if c.get("update", "none") != "none" else ""
+    return f"{c.get('solver', '?')}{upd} {c.get('pattern', '')} {float(run.get('sparsity', c.get('sparsity', 0))):.0%}"
+
+
+def _series_key(run: dict) -> tuple[str, str, bool]:
+    c = run.get("config", {})
+    upd = f"+{c['update']}" if c.get("update", "none") != "none" else ""
+    return f"{c.get('solver', '?')}{upd}", str(c.get("pattern", "")), bool(run.get("precomputed"))
+
+
+def _ppl(run: dict, which: str) -> float | None:
+    v = (run.get("perplexity") or {}).get(which)
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def tradeoff_figure(runs: list[dict], title: str | None = "Perplexity vs sparsity", height: int = 420) -> go.Figure:
+    """One line per (solver, pattern); dashed/hollow for precomputed results; dense perplexity as a dotted line."""
+    pts = [r for r in runs if _ppl(r, "pruned") is not None]
+    if not pts:
+        return empty_figure("No finished runs yet: run a job or a sweep", height=height)
+    groups: dict[tuple, list[dict]] = {}
+    for r in pts:
+        groups.setdefault(_series_key(r), []).append(r)
+    fig = go.Figure()
+    for (solver, pattern, pre), rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: float(r.get("sparsity", 0)))
+        base = solver.split("+")[0]
+        fig.add_trace(go.Scatter(
+            x=[float(r.get("sparsity", 0)) for r in rs], y=[_ppl(r, "pruned") for r in rs],
+            mode="lines+markers", name=f"{solver} · {pattern}" + (" (precomputed)" if pre else ""),
+            line=dict(color=SOLVER_COLORS.get(base, PALETTE[hash(base) % len(PALETTE)]),
+                      dash=PATTERN_DASH.get(pattern, "longdash"), width=2),
+            marker=dict(size=9, symbol="circle-open" if pre else "circle", line=dict(width=2)),
+            customdata=[[r.get("model", {}).get("id", ""), _ppl(r, "dense") or float("nan"),
+                         (r.get("config", {}).get("calib") or {}).get("nsamples", ""),
+                         (r.get("config", {}).get("calib") or {}).get("seqlen", "")] for r in rs],
+            hovertemplate="%{fullData.name}<br>sparsity %{x:.1%}<br>ppl %{y:.3f} (dense %{customdata[1]:.3f})"
+                          "<br>%{customdata[0]} · calib %{customdata[2]}×%{customdata[3]}<extra></extra>"))
+    # dense perplexities as dotted lines (traces, not annotated shapes: annotations on a log axis take log10 units)
+    dense = sorted({round(d, 3) for d in (_ppl(r, "dense") for r in pts) if d is not None})
+    for d in dense[:3]:
+        fig.add_trace(go.Scatter(x=[0, 1], y=[d, d], mode="lines", name=f"dense {d:.2f}",
+                                 line=dict(color="#868e96", dash="dot", width=1.2), hovertemplate=f"dense ppl {d:.3f}<extra></extra>"))
+    fig.update_xaxes(title="sparsity", tickformat=".0%", range=[-0.02, 1.0])
+    fig.update_yaxes(title="perplexity (log)", type="log")
+    return _layout(fig, title, height)
+
+
+def overlay_figure(run_a: dict | None, run_b: dict | None, height: int = 380) -> go.Figure:
+    """Per-layer relative error of two runs on one axis (layers in pipeline order)."""
+    runs = [r for r in (run_a, run_b) if r and r.get("layers")]
+    if not runs:
+        return empty_figure("Pick two runs to overlay their per-layer errors", height=height)
+    fig = go.Figure()
+    for r, color, dash in zip(runs, ("#3b5bdb", "#e8590c"), ("solid", "dash")):
+        layers = sorted(r["layers"], key=lambda l: l["block"])
+        x = list(range(len(layers)))
+        fig.add_trace(go.Scatter(
+            x=x, y=[l["rel_error"] for l in layers], mode="lines+markers", name=run_label(r) + (" (precomputed)" if r.get("precomputed") else ""),
+            line=dict(color=color, dash=dash, width=1.5), marker=dict(size=4),
+            text=[f"block {l['block']} · {l['name']}" for l in layers],
+            hovertemplate="%{text}<br>rel. error %{y:.4g}<extra>%{fullData.name}</extra>"))
+    first = sorted(runs[0]["layers"], key=lambda l: l["block"])
+    ticks = [i for i, l in enumerate(first) if i == 0 or l["block"] != first[i - 1]["block"]]
+    step = max(1, len(ticks) // 15)
+    fig.update_xaxes(title="layer (grouped by block)", tickvals=ticks[::step], ticktext=[str(first[i]["block"]) for i in ticks[::step]])
+    fig.update_yaxes(title="relative error (log)", type="log")
+    return _layout(fig, "Per-layer error overlay", height)
+
+
+# ---------------------------------------------------------------------------------------------- lab
+def _trace_xy(trace: list[dict], key: str) -> tuple[list, list]:
+    xs, ys = [], []
+    for i, rec in enumerate(trace):
+        v = rec.get(key)
+        if isinstance(v, (int, float)) and math.isfinite(float(v)):
+            xs.append(rec.get("iteration", rec.get("iter", i)))
+            ys.append(float(v))
+    return xs, ys
+
+
+ITER_COLORS = ("#e03131", "#862e9c", "#2f9e44")
+GREEDY_COLORS = {"magnitude": "#9D755D", "wanda": "#F58518", "sparsegpt": "#4C78A8"}
+
+
+def lab_error_figure(lab: dict, height: int = 420) -> go.Figure:
+    """Relative error per ADMM iteration, with the greedy solvers' errors as horizontal dashed lines.
+
+    The gradual phase (mask still being re-selected at a growing sparsity) is shaded: the error of ADMM-Grad is
+    low there only because fewer weights are pruned yet."""
+    iters = {k: v for k, v in lab.get("iterative", {}).items() if v.get("available")}
+    fig = go.Figure()
+    x_max, ramp = 1, 0
+    for (label, rec), color in zip(iters.items(), ITER_COLORS):
+        x, y = _trace_xy(rec.get("trace", []), "objective")
+        x_max = max([x_max, *x])
+        tgt = [r.get("sparsity_target") for r in rec.get("trace", [])]
+        final = tgt[-1] if tgt else None
+        ramp = max(ramp, sum(1 for t in tgt if final is not None and t is not None and t < final - 1e-9))
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"{label}: {rec['rel_error']:.4g}",
+                                 line=dict(color=color, width=2.5), marker=dict(size=5),
+                                 hovertemplate="iteration %{x}<br>rel. error %{y:.5g}<extra>" + label + "</extra>"))
+    for name, rec in lab.get("greedy", {}).items():
+        if rec.get("available"):
+            c = GREEDY_COLORS.get(name, "#495057")
+            fig.add_trace(go.Scatter(x=[0, x_max], y=[rec["rel_error"]] * 2, mode="lines", name=f"{name}: {rec['rel_error']:.4g}",
+                                     line=dict(color=c, dash="dash", width=1.8),
+                                     hovertemplate=f"{name} (greedy, one shot)<br>rel. error %{{y:.5g}}<extra></extra>"))
+    if ramp:
+        fig.add_vrect(x0=0.5, x1=ramp + 0.5, fillcolor="#f1f3f5", opacity=0.7, line_width=0, layer="below",
+                      annotation_text="gradual mask: sparsity still ramping up", annotation_position="bottom left",
+                      annotation_font=dict(size=11, color="#868e96"))
+    if not iters:
+        reason = next((v.get("reason") for v in lab.get("iterative", {}).values()), "ADMM not available")
+        fig.add_annotation(text=f"ADMM: {reason}", x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False)
+    fig.update_xaxes(title="ADMM iteration", range=[0, x_max + 0.5])
+    fig.update_yaxes(title="relative error (log)", type="log", dtick="D2")
+    return _layout(fig, "Relative error per iteration: ADMM (solid) vs greedy (dashed)", height)
+
+
+def residuals_figure(lab: dict, height: int = 320) -> go.Figure:
+    iters = {k: v for k, v in lab.get("iterative", {}).items() if v.get("available")}
+    if not iters:
+        return empty_figure("ADMM not available in this build", height)
+    fig = go.Figure()
+    for (label, rec), color in zip(iters.items(), ITER_COLORS):
+        for key, dash in (("primal_residual", "solid"), ("dual_residual", "dot")):
+            x, y = _trace_xy(rec.get("trace", []), key)
+            if y:
+                fig.add_trace(go.Scatter(x=x, y=[max(v, 1e-12) for v in y], mode="lines", name=f"{label.split(' (')[0]} {key.split('_')[0]}",
+                                         line=dict(color=color, dash=dash, width=2)))
+    if not fig.data:
+        return empty_figure("This ADMM build does not report residuals", height)
+    fig.update_xaxes(title="iteration")
+    fig.update_yaxes(title="‖·‖ / ‖W′₀‖ (log)", type="log", exponentformat="power", dtick=1)
+    return _layout(fig, "Primal (solid) and dual (dotted) residuals", height)
+
+
+def schedule_figure(lab: dict, height: int = 320) -> go.Figure:
+    iters = {k: v for k, v in lab.get("iterative", {}).items() if v.get("available")}
+    if not iters:
+        return empty_figure("ADMM not available in this build", height)
+    fig = go.Figure()
+    for (label, rec), color in zip(iters.items(), ITER_COLORS):
+        x, y = _trace_xy(rec.get("trace", []), "sparsity")
+        if y:
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label.split(" (")[0] + " sparsity",
+                                     line=dict(color=color, width=2, shape="hv"), marker=dict(size=4)))
+        x, y = _trace_xy(rec.get("trace", []), "mask_changed")
+        if y and any(y):
+            fig.add_trace(go.Bar(x=x, y=y, name=label.split(" (")[0] + " mask changes", marker_color=color, opacity=0.25, yaxis="y2"))
+    fig.update_xaxes(title="iteration")
+    fig.update_yaxes(title="sparsity", tickformat=".0%", rangemode="tozero")
+    fig.update_layout(yaxis2=dict(title="entries changed", overlaying="y", side="right", showgrid=False, rangemode="tozero"))
+    return _layout(fig, "Sparsity schedule (gradual mask)", height)
+
+
+def mask_figure(crop: dict | None, height: int = 460) -> go.Figure:
+    """Heat-map of a window of the mask: agreement between the iterative solver and SparseGPT."""
+    if not crop:
+        return empty_figure("Run the lab to see the masks", height)
+    codes, W = crop["codes"], crop["weight"]
+    r0, c0, labels = crop["row"], crop["col"], crop["labels"]
+    n = len(MASK_COLORS)
+    scale = []
+    for i, col in enumerate(MASK_COLORS):
+        scale += [[i / n, col], [(i + 1) / n, col]]
+    text = [[f"{labels[c]}<br>W = {w:+.4f}" for c, w in zip(crow, wrow)] for crow, wrow in zip(codes, W)]
+    fig = go.Figure(go.Heatmap(
+        z=codes, x=list(range(c0, c0 + len(codes[0]))), y=list(range(r0, r0 + len(codes))), zmin=-0.5, zmax=n - 0.5,
+        colorscale=scale, text=text, hovertemplate="row %{y}, col %{x}<br>%{text}<extra></extra>", xgap=1, ygap=1,
+        showscale=False, showlegend=False))
+    counts = [sum(row.count(i) for row in codes) for i in range(n)]
+    for i in (KEPT_A, KEPT_B, 1, 0):  # legend entries (the heat-map itself has no legend)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"{labels[i]} ({counts[i]})",
+                                 marker=dict(symbol="square", size=12, color=MASK_COLORS[i], line=dict(color="#adb5bd", width=1))))
+    fig.update_yaxes(title="output row", autorange="reversed", scaleanchor="x", constrain="domain")
+    fig.update_xaxes(title="input column", constrain="domain")
+    h, w = crop["shape"]
+    return _layout(fig, f"Mask window rows {r0}–{r0 + len(codes) - 1}, cols {c0}–{c0 + len(codes[0]) - 1} of {h}×{w}", height)
+
+
+def histogram_figure(hist: dict | None, height: int = 340) -> go.Figure:
+    if not hist:
+        return empty_figure("Run the lab to see the weight histograms", height)
+    edges = hist["edges"]
+    centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+    fig = go.Figure()
+    colors = ("#adb5bd", "#F58518", "#4C78A8", "#e03131", "#2f9e44")
+    for (label, counts), color in zip(hist["counts"].items(), colors):
+        fig.add_trace(go.Scatter(x=centers, y=[max(c, 0.5) for c in counts], mode="lines", name=label,
+                                 line=dict(color=color, width=2 if label != "dense" else 3, shape="hvh"),
+                                 fill="tozeroy" if label == "dense" else None,
+                                 fillcolor="rgba(173,181,189,0.25)" if label == "dense" else None))
+    fig.update_xaxes(title="weight value")
+    fig.update_yaxes(title="count (log)", type="log", dtick=1, exponentformat="power")
+    return _layout(fig, "Weights before / after (non-zero survivors)", height)
+
+
+def sparsefw_figure(rec: dict | None, height: int = 340) -> go.Figure:
+    if not rec or not rec.get("available"):
+        return empty_figure("SparseFW: " + ((rec or {}).get("reason") or "not available in this build"), height)
+    trace = rec.get("trace", [])
+    fig = go.Figure()
+    x, y = _trace_xy(trace, "objective")
+    fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="relaxed objective L(M)/‖WX‖²", line=dict(color="#2f9e44", width=2)))
+    x, y = _trace_xy(trace, "rounded_error")
+    if y:
+        fig.add_trace(go.Scatter(x=x, y=y, mode="markers", name="rounded mask error", marker=dict(color="#1b4332", size=7, symbol="diamond")))
+    x, y = _trace_xy(trace, "fw_gap")
+    if y:
+        fig.add_trace(go.Scatter(x=x, y=[max(v, 1e-12) for v in y], mode="lines", name="FW gap", yaxis="y2",
+                                 line=dict(color="#868e96", dash="dot", width=1.5)))
+    fig.update_xaxes(title="Frank-Wolfe iteration")
+    fig.update_yaxes(title="relative error")
+    fig.update_layout(yaxis2=dict(title="FW gap (log)", overlaying="y", side="right", type="log", showgrid=False, dtick=1,
+                                  exponentformat="power"))
+    return _layout(fig, f"SparseFW (final error {rec['rel_error']:.4g})", height)
