@@ -111,12 +111,11 @@ def obs_sweep(
                 grp.scatter_(1, idx, False)
                 keep[:, col : col + pattern.m] = grp
             w = W1[:, i]
-            q = w * keep[:, col]
-            err = (w - q) / d[i]
-            loss += (err.double() ** 2).sum() / 2
-            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
-            W1[:, i] = q
+            err = (w * ~keep[:, col]) / d[i]  # (w - q) / U_jj, q = w with pruned rows zeroed
+            W1[:, i:].addr_(err, U1[i, i:], alpha=-1.0)  # the pruned entries become exactly w - w = 0 below
             Err1[:, i] = err
+        loss += (Err1.double() ** 2).sum() / 2  # Σ (w - q)² / U_jj² / 2
+        W1.mul_(keep[:, i1:i2])  # exact zeros where pruned
         W[:, i1:i2] = W1
         if i2 < d_in:
             W[:, i2:] -= Err1 @ U[i1:i2, i2:]
