@@ -92,6 +92,20 @@ def prune_count(pattern: Pattern, shape: tuple[int, int], sparsity: float) -> in
     return d_out * (d_in // pattern.m) * pattern.n
 
 
+def _lowest_k(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool (rows, n): True at the k lowest entries of every row; ties go to the lower index.
+
+    Same result as taking the first k indices of a stable sort, without sorting: the k-th smallest value v
+    (kthvalue, O(n)) splits the row into entries < v (all pruned) and entries == v, of which the first
+    k - #(< v) by index are pruned (a cumulative count along the row).
+    """
+    v = torch.kthvalue(score, k, dim=1, keepdim=True).values  # (rows, 1)
+    lower = score < v
+    tied = score == v
+    need = k - lower.sum(dim=1, keepdim=True)  # how many of the tied entries to prune, per row
+    return lower | (tied & (torch.cumsum(tied, dim=1) <= need))
+
+
 def select_mask(score: torch.Tensor, pattern: Pattern, sparsity: float) -> torch.Tensor:
     """Keep-mask (True = kept) that prunes the lowest ``score`` entries under ``pattern``.
 
@@ -103,13 +117,11 @@ def select_mask(score: torch.Tensor, pattern: Pattern, sparsity: float) -> torch
     if pattern.kind == "unstructured":
         k = _floor(sparsity * d_out * d_in)
         if k > 0:
-            idx = torch.sort(score.reshape(-1), stable=True).indices[:k]
-            keep.view(-1)[idx] = False
+            keep.view(-1).copy_(~_lowest_k(score.reshape(1, -1), k).view(-1))
     elif pattern.kind == "per-row":
         k = _floor(sparsity * d_in)
         if k > 0:
-            idx = torch.sort(score, dim=1, stable=True).indices[:, :k]
-            keep.scatter_(1, idx, False)
+            keep.copy_(~_lowest_k(score, k))
     else:
         pattern.check_shape(d_in, "pattern")
         g = score.reshape(d_out, d_in // pattern.m, pattern.m)
