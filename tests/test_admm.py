@@ -13,20 +13,13 @@ from pruning.patterns import check_mask, parse_pattern, select_mask
 from pruning.solvers import SOLVERS, UPDATES, LayerProblem, NumericalError, SolveContext, SolverError
 from pruning.solvers.admm import damped_objective, exact_solution, schedule_targets
 from pruning.solvers.greedy import wanda_score
+from _synth import synthetic_layer
 
 PATTERNS = ["unstructured", "per-row", "2:4", "4:8"]
 
 
 def layer(d_out=40, d_in=64, tokens=400, dead=3, seed=0):
-    """Random W and the Gram of correlated activations with a decaying spectrum, uneven channel norms and
-    ``dead`` all-zero input channels."""
-    g = torch.Generator().manual_seed(seed)
-    W = torch.randn(d_out, d_in, generator=g)
-    mix = torch.randn(d_in, d_in, generator=g) * torch.logspace(0, -2, d_in).unsqueeze(0)
-    X = torch.randn(tokens, d_in, generator=g) @ mix.T + 0.05 * torch.randn(tokens, d_in, generator=g)
-    X = X * (torch.rand(d_in, generator=g) * 3 + 0.1)
-    X[:, :dead] = 0
-    return W, X.T @ X  # (d_out, d_in), (d_in, d_in)
+    return synthetic_layer(d_out=d_out, d_in=d_in, tokens=tokens, dead=dead, seed=seed)
 
 
 def problem(**kw):

@@ -12,19 +12,13 @@ from pruning.solvers import SOLVERS, LayerProblem, SolveContext, SolverError
 from pruning.solvers.greedy import wanda_score
 from pruning.solvers.ria import ria_score
 from pruning.solvers.sparsefw import PAPER_ITERS, FrankWolfeMask, estimate_seconds, mask_gradient, mask_objective
+from _synth import synthetic_layer
 
 PATTERNS = ["unstructured", "per-row", "2:4", "4:8"]
 
 
 def layer(d_out=32, d_in=48, tokens=300, dead=0, seed=0):
-    """Random W and the Gram of correlated activations (decaying spectrum, uneven channel norms)."""
-    g = torch.Generator().manual_seed(seed)
-    W = torch.randn(d_out, d_in, generator=g)
-    mix = torch.randn(d_in, d_in, generator=g) * torch.logspace(0, -2, d_in).unsqueeze(0)
-    X = torch.randn(tokens, d_in, generator=g) @ mix.T + 0.05 * torch.randn(tokens, d_in, generator=g)
-    X = X * (torch.rand(d_in, generator=g) * 3 + 0.1)
-    X[:, :dead] = 0
-    return W, X.T @ X  # (d_out, d_in), (d_in, d_in)
+    return synthetic_layer(d_out=d_out, d_in=d_in, tokens=tokens, dead=dead, seed=seed)
 
 
 def units(t, pattern):
