@@ -229,7 +229,7 @@ def mode_ppl(args, mu, commit) -> dict:
                         run["ffn_err_epoch1"] = [l["info"]["ffn_rel_error_epoch1"] for l in ffn]
                         run["ffn_err"] = [l["info"]["ffn_rel_error"] for l in ffn]
                         run["ffn_err_last"] = [l["info"]["ffn_rel_error_last"] for l in ffn]
-                        run["best_epoch"] = [l["info"]["best_epoch"] for l in ffn]
+                        run["returned_epoch"] = [l["info"]["returned_epoch"] for l in ffn]
                 run["prune_seconds"] = round(time.perf_counter() - t0, 1)
                 finite = all(bool(torch.isfinite(p).all()) for p in m.parameters())
                 run["finite"] = finite

@@ -34,7 +34,8 @@ def tiny(family: str, seed: int = 0):
     return OPTForCausalLM(cfg).eval()
 
 
-def windows(n=4, seqlen=32, seed=0, vocab=128):
+def windows(n=8, seqlen=64, seed=0, vocab=128):
+    """Random token windows; the default 512 tokens are 4× the tiny intermediate width (128)."""
     return torch.randint(0, vocab, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
@@ -77,7 +78,7 @@ def test_more_epochs_lower_ffn_error(family):
     recs = ffn_records(rep)
     assert len(recs) == 2
     for b, info in recs.items():
-        assert info["epochs_run"] == 4 and info["best_epoch"] >= 1
+        assert info["epochs_run"] == 4 and info["returned_epoch"] == 4
         assert info["ffn_rel_error_last"] < info["ffn_rel_error_epoch1"], (b, info)
     rep, _ = run(copy.deepcopy(m), win, epochs=3, keep_best=True)
     for info in ffn_records(rep).values():
@@ -174,7 +175,9 @@ def test_token_cap_warns_and_bounds():
     job, warns, _ = _block_job(m, epochs=2, max_tokens=50)
     sols = SOLVERS["sparsellm"].block_fn(job)
     assert sols["mlp.down_proj"].info["aux_tokens"] == 50
-    assert len(warns) == 1 and "max_tokens=50" in warns[0] and "128 calibration tokens" in warns[0]
+    cap = [w for w in warns if "max_tokens=50" in w]
+    assert len(cap) == 1 and "512 calibration tokens" in cap[0]
+    assert any("only 50 calibration tokens" in w for w in warns)  # and the few-tokens advice
 
 
 def test_true_sequential_falls_back_with_warning():
@@ -308,8 +311,9 @@ def test_options_declared_and_validated():
 
 @pytest.mark.slow
 def test_smollm2_two_blocks(smollm2):
-    """Two real SmolLM2 blocks (0 and 1, 8 × 256 calibration tokens, 50 %): epoch 1 equals SparseGPT, the FFN
-    error never ends above epoch 1's with keep_best, and the raw last epoch is recorded next to it."""
+    """Two real SmolLM2 blocks (0 and 1; 8 × 256 wiki-sample calibration tokens; 50 %; 2 epochs): the FFN output
+    error after epoch 2 is below epoch 1's (= SparseGPT) in both (measured: about −10 %), the returned weights are
+    finite, and the model itself is not modified."""
     from pruning.data import calibration_windows
 
     model, tok = smollm2
@@ -320,13 +324,16 @@ def test_smollm2_two_blocks(smollm2):
     for b in (0, 1):
         blk = blocks[b]
         lins = block_linears(blk)
+        before = {n: l.get_weight().detach().clone() for n, l in lins.items()}
         col, outs = collect_grams(blk, lins, inputs)
         recs = []
         job = BlockJob(b, blk, inputs, lins, {n: col.gram(n) for n in lins}, parse_pattern("unstructured"), 0.5,
-                       SOLVERS.resolve_options("sparsellm", {"epochs": 3}), SolveContext(recs.append, None), lambda: None)
+                       SOLVERS.resolve_options("sparsellm", {"epochs": 2}), SolveContext(recs.append, None), lambda: None)
         sols = spec.block_fn(job)
-        info = sols["mlp.down_proj"].info
-        print(f"block {b}: FFN rel error per epoch {[round(r['ffn_rel_error'], 5) for r in recs]}")
-        assert len(recs) == 3 and info["ffn_rel_error"] <= info["ffn_rel_error_epoch1"]
+        errs = [r["ffn_rel_error"] for r in recs]
+        print(f"block {b}: FFN rel error per epoch {[round(e, 5) for e in errs]}")
+        assert len(errs) == 2 and errs[1] < errs[0]
+        assert sols["mlp.down_proj"].info["returned_epoch"] == 2
         assert all(torch.isfinite(s.weight).all() for s in sols.values())
+        assert all(torch.equal(l.get_weight(), before[n]) for n, l in lins.items())
         inputs = BlockInputs(outs, inputs.args, inputs.kwargs)
