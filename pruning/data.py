@@ -256,6 +256,18 @@ def _datasets_offline(datasets):
         datasets.config.HF_HUB_OFFLINE = old
 
 
+def _local_rows(data_files, hf_split: str, field: str, what: str) -> list[str]:
+    """Text rows of a local copy of a dataset split: a dict {split: path}, a folder, or a single file."""
+    if isinstance(data_files, dict):
+        files = [Path(data_files[hf_split])]
+    else:
+        root = Path(data_files).expanduser()
+        if not root.exists():
+            raise DataError(f"{field}: {what} path {str(root)!r} does not exist")
+        files = _find_split_files(root, (hf_split,), field) if root.is_dir() else [root]
+    return [r for f in files for r in _read_rows(f, field)]
+
+
 def wikitext2_documents(split: str, data_files: str | os.PathLike | dict | None = None) -> list[str]:
     """WikiText-2 raw as one document per split: calib = train rows joined with ' ', eval = test joined with '\\n\\n'
     (reference ``get_wikitext2``). ``data_files``: None (hub via ``datasets``), a folder or file, or
@@ -266,14 +278,7 @@ def wikitext2_documents(split: str, data_files: str | os.PathLike | dict | None 
     if data_files is None:
         rows = _datasets_rows(field, "wikitext2", how, path="wikitext", name="wikitext-2-raw-v1", split=hf_split)
     else:
-        if isinstance(data_files, dict):
-            files = [Path(data_files[hf_split])]
-        else:
-            root = Path(data_files).expanduser()
-            if not root.exists():
-                raise DataError(f"{field}: wikitext2 path {str(root)!r} does not exist")
-            files = _find_split_files(root, (hf_split,), field) if root.is_dir() else [root]
-        rows = [r for f in files for r in _read_rows(f, field)]
+        rows = _local_rows(data_files, hf_split, field, "wikitext2")
     return [(" " if split == "calib" else "\n\n").join(rows)]
 
 
@@ -288,14 +293,7 @@ def c4_documents(split: str, data_files: str | os.PathLike | dict | None = None)
     if data_files is None:
         rows = _datasets_rows(field, "c4", how, path="allenai/c4", data_files={hf_split: shard}, split=hf_split)
     else:
-        if isinstance(data_files, dict):
-            files = [Path(data_files[hf_split])]
-        else:
-            root = Path(data_files).expanduser()
-            if not root.exists():
-                raise DataError(f"{field}: c4 path {str(root)!r} does not exist")
-            files = _find_split_files(root, (hf_split,), field) if root.is_dir() else [root]
-        rows = [r for f in files for r in _read_rows(f, field)]
+        rows = _local_rows(data_files, hf_split, field, "c4")
     if split == "eval":
         return [" ".join(rows[:C4_EVAL_DOCS])]
     return rows
