@@ -206,6 +206,7 @@ def mode_ppl(args, mu, commit) -> dict:
             m = copy.deepcopy(model)
             run = {"method": label, "sparsity": s}
             t0 = time.perf_counter()
+            log = io.StringIO()
             try:
                 if label == "official":
                     m = m.to(torch.float16)
@@ -213,7 +214,7 @@ def mode_ppl(args, mu, commit) -> dict:
                     for layer in m.model.layers:
                         wrap_layer(layer, m.model.rotary_emb)
                     loader = [(calib[i : i + 1],) for i in range(calib.shape[0])]
-                    with contextlib.redirect_stdout(io.StringIO()):
+                    with contextlib.redirect_stdout(log):
                         mu.llama_sparsellm(m, loader, torch.device("cpu"), official_args(s, calib.shape[0]))
                     for layer in m.model.layers:
                         unwrap_layer(layer)
@@ -236,6 +237,9 @@ def mode_ppl(args, mu, commit) -> dict:
                 run["ppl"] = perplexity(m, ev) if finite else float("nan")
             except Exception as e:
                 run["error"] = f"{type(e).__name__}: {e}"
+                run["prune_seconds"] = round(time.perf_counter() - t0, 1)
+                if label == "official":  # their prints name the block and linear being pruned ("i name")
+                    run["official_log_tail"] = log.getvalue().splitlines()[-8:]
             res["runs"].append(run)
             print(json.dumps({k: v for k, v in run.items() if not isinstance(v, list)}), flush=True)
             del m
