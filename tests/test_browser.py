@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -57,18 +58,36 @@ def _launch(tmp: Path, precomputed: Path | None = None):
     return demo, runner, f"http://127.0.0.1:{port}/"
 
 
-def _visible(locator):
-    """The first visible match (the same label exists on several tabs)."""
-    for i in range(locator.count()):
-        if locator.nth(i).is_visible():
-            return locator.nth(i)
-    raise AssertionError(f"no visible element for {locator}")
+def _visible(locator, timeout_s: float = 20.0):
+    """The first visible match (the same label exists on several tabs). Waits for it: a closed accordion renders its
+    children only after the click, and a slow machine may take a while to open it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for i in range(locator.count()):
+            if locator.nth(i).is_visible():
+                return locator.nth(i)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no visible element for {locator} after {timeout_s:.0f} s")
+        time.sleep(0.2)
 
 
 def _set_number(page, label: str, value) -> None:
     box = _visible(page.get_by_label(label, exact=True))
     box.fill(str(value))
     box.press("Tab")
+
+
+def _open_accordion(page, title: str, inside_label: str, tries: int = 3) -> None:
+    """Click an accordion's header until a control inside it is visible (a click that lands before the page has
+    hydrated does nothing)."""
+    for attempt in range(tries):
+        page.get_by_text(title, exact=True).click()
+        try:
+            _visible(page.get_by_label(inside_label, exact=True), timeout_s=8)
+            return
+        except AssertionError:
+            if attempt == tries - 1:
+                raise
 
 
 def drive(page, url: str, out: Path, model: str, calib=(2, 64), evals=(2, 64), lab=(2, 64), solver: str | None = None,
@@ -84,7 +103,7 @@ def drive(page, url: str, out: Path, model: str, calib=(2, 64), evals=(2, 64), l
         sb = _visible(page.get_by_label("Solver", exact=True))
         sb.fill(solver)
         sb.press("Enter")
-    page.get_by_text("Calibration and evaluation").click()
+    _open_accordion(page, "Calibration and evaluation", "Calibration windows")
     _set_number(page, "Calibration windows", calib[0])
     _set_number(page, "Tokens per window", calib[1])
     _set_number(page, "Eval windows (0 = all)", evals[0])

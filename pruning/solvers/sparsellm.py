@@ -412,16 +412,15 @@ def sparsellm_block(job) -> dict:
                         raise NumericalError("auxiliary variables became non-finite")
                 job.check_cancel()
                 lam = float(opts["refit_damping"])
-                targets = {}
+
+                def refit(inp, target, n):
+                    return ridge_refit(inp, target, bias[n], W0[n], lam, ctx, f"block {job.index} {n} refit")
+
+                r = ffn.roles
                 if ffn.kind == "gated":
-                    r = ffn.roles
-                    targets[r["up"]] = ridge_refit(X, Z, bias[r["up"]], W0[r["up"]], lam, ctx, "up refit")
-                    targets[r["gate"]] = ridge_refit(X, S, bias[r["gate"]], W0[r["gate"]], lam, ctx, "gate refit")
-                    targets[r["down"]] = ridge_refit(P, Y, bias[r["down"]], W0[r["down"]], lam, ctx, "down refit")
+                    targets = {r["up"]: refit(X, Z, r["up"]), r["gate"]: refit(X, S, r["gate"]), r["down"]: refit(P, Y, r["down"])}
                 else:
-                    r = ffn.roles
-                    targets[r["fc1"]] = ridge_refit(X, Z, bias[r["fc1"]], W0[r["fc1"]], lam, ctx, "fc1 refit")
-                    targets[r["fc2"]] = ridge_refit(P, Y, bias[r["fc2"]], W0[r["fc2"]], lam, ctx, "fc2 refit")
+                    targets = {r["fc1"]: refit(X, Z, r["fc1"]), r["fc2"]: refit(P, Y, r["fc2"])}
                 hess = {n: grams[n] for n in in_names}
                 hess[ffn.last] = _gram(P)
             Wnew, masks, damp_used = {}, {}, {}
