@@ -56,7 +56,7 @@ def _common(p: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--eval-windows", type=int, default=None, help="evaluation windows, 0 = all (default: 16 on CPU, 0 on GPU)")
     p.add_argument("--eval-seqlen", type=int, default=None, help="evaluation window length (default: = --seqlen)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default="auto", help="forward dtype: auto (bfloat16), float32, bfloat16, float16; solver maths is always float32")
+    p.add_argument("--dtype", default="auto", help="forward dtype: auto (bfloat16 on GPUs and on CPUs with native bf16, else float32), float32, bfloat16, float16; solver maths is always float32")
     p.add_argument("--batch-size", type=int, default=8, help="windows per batched forward")
     p.add_argument("--true-sequential", action="store_true", help="re-run the block before each group of linears (q/k/v, o, gate/up, down)")
     p.add_argument("--prompt", action="append", default=None, help="generation prompt (repeatable)")
@@ -192,30 +192,60 @@ def cmd_run(a, opt_names) -> int:
     return 0
 
 
+def _sweep_entries(text: str) -> list[tuple[str, str]]:
+    """'wanda,sparsefw+admm' -> [('wanda', 'none'), ('sparsefw', 'admm')]: a mask solver may carry '+update'."""
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        if item:
+            solver, _, update = item.partition("+")
+            out.append((solver.strip(), update.strip() or "none"))
+    return out
+
+
+def _cached(cfg: PruneConfig) -> dict | None:
+    """The stored report of exactly this config and model (None if there is none)."""
+    from .cache import ResultStore
+    from .jobs import model_fingerprint
+
+    store = ResultStore()
+    try:
+        return store.get(cfg.key(), model_fingerprint(cfg))
+    finally:
+        store.close()
+
+
 def cmd_sweep(a, opt_names) -> int:
-    solvers = [s.strip() for s in a.solvers.split(",") if s.strip()]
+    entries = _sweep_entries(a.solvers)
     sparsities = [float(s) for s in a.sparsities.split(",") if s.strip()]
     patterns = [s.strip() for s in a.patterns.split(",") if s.strip()]
     configs, seen = [], set()
-    for solver, s, pat in itertools.product(solvers, sparsities, patterns):
-        cfg = _config(a, solver, s, pat, [n for n in opt_names if n in {o.name for o in SOLVERS.get(solver).options}])
+    for (solver, update), s, pat in itertools.product(entries, sparsities, patterns):
+        declared = {o.name for o in SOLVERS.get(solver).options} | {o.name for o in UPDATES.get(update).options}
+        a.update = update
+        cfg = _config(a, solver, s, pat, [n for n in opt_names if n in declared])
         if cfg.key() not in seen:  # N:M fixes the sparsity: 2:4 at 0.5/0.6/0.7 is one run
             seen.add(cfg.key())
             configs.append(cfg)
     print(f"sweep: {len(configs)} runs", file=sys.stderr)
     rows = []
     for i, cfg in enumerate(configs):
-        print(f"\n=== run {i + 1}/{len(configs)}: {cfg.solver} {cfg.pattern} {cfg.sparsity:.0%}", file=sys.stderr)
-        r = _run_one(cfg, a)
-        _store(r)
+        name = cfg.solver + ("+" + cfg.update if cfg.update != "none" else "")
+        print(f"\n=== run {i + 1}/{len(configs)}: {name} {cfg.pattern} {cfg.sparsity:.0%}", file=sys.stderr)
+        r = _cached(cfg) if a.resume else None
+        if r is not None:
+            print("(stored result of the same config and model: reused)", file=sys.stderr)
+        else:
+            r = _run_one(cfg, a)
+            _store(r)
         if a.json_dir:
-            _write_json(os.path.join(a.json_dir, f"{cfg.solver}_{cfg.pattern.replace(':', 'of')}_{int(round(cfg.sparsity * 100))}.json"), r)
+            fname = f"{name.replace('+', '-')}_{cfg.pattern.replace(':', 'of')}_{int(round(cfg.sparsity * 100))}.json"
+            _write_json(os.path.join(a.json_dir, fname), r)
         rows.append(r)
     print(f"\n{'solver':<12}{'pattern':<14}{'sparsity':>9}{'dense ppl':>11}{'pruned ppl':>12}{'mean err':>10}{'prune s':>9}")
     for r in rows:
         c = r["config"]
         errs = [l["rel_error"] for l in r["layers"]]
-        print(f"{c['solver']:<12}{c['pattern']:<14}{r['sparsity']:>9.3f}{r['perplexity']['dense']:>11.3f}"
+        print(f"{c['solver'] + ('+' + c['update'] if c['update'] != 'none' else ''):<12}{c['pattern']:<14}{r['sparsity']:>9.3f}{r['perplexity']['dense']:>11.3f}"
               f"{r['perplexity']['pruned']:>12.3f}{sum(errs) / len(errs):>10.4f}{r['timings'].get('prune_total', 0):>9.1f}")
     if a.json:
         _write_json(a.json, rows)
@@ -248,11 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     opt_names = _common(pr)
     _common(ex)
     sw = sub.add_parser("sweep", help="solvers × sparsities × patterns; prints a table")
-    sw.add_argument("--solvers", default="magnitude,wanda,sparsegpt")
+    sw.add_argument("--solvers", default="magnitude,wanda,sparsegpt",
+                    help="comma-separated; a mask solver may carry a weight update: wanda+admm, sparsefw+sparsegpt")
     sw.add_argument("--sparsities", default="0.5")
     sw.add_argument("--patterns", default="unstructured")
     sw.add_argument("--json", default=None, help="write all reports as one JSON list")
     sw.add_argument("--json-dir", default=None, help="write one report JSON per run into this directory")
+    sw.add_argument("--resume", action="store_true", help="reuse the stored result of a run already in the result cache")
     _common(sw)
     sub.add_parser("solvers", help="list solvers and their options")
     bn = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (pipeline, solvers, ...)")

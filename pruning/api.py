@@ -35,10 +35,25 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (avx512_bf16 or AMX). Without it, PyTorch emulates bf16
+    matmuls and a forward is several times *slower* than in float32 (measured on a 2-core AVX2 EPYC: SmolLM2,
+    512 tokens, 13.7 s in bf16 vs 2.3 s in fp32; on an avx512_bf16 EPYC bf16 was 2× faster than fp32)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:  # not Linux: ask oneDNN (true on CPUs where it runs bf16 kernels)
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """'auto' = bfloat16 forwards (2× faster than fp32 on CPUs with avx512_bf16, and on GPUs); maths stays fp32."""
+    """The forward dtype. 'auto' = the fastest one the device computes natively: bfloat16 on GPUs that support it
+    (else float16) and on CPUs with native bf16, float32 on other CPUs. Statistics and solver maths stay float32."""
     if dtype == "auto":
-        return torch.bfloat16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 

@@ -25,16 +25,12 @@ from typing import Iterable
 
 import diskcache
 
-ENV_VAR = "PRUNING_LAB_CACHE"
 _RUN = "run:"
 _LATEST = "latest:"
 
 
 def default_dir() -> Path:
-    """``$PRUNING_LAB_CACHE``, else ``<pruning.models.cache_dir()>/results``, else ``~/.cache/pruning-lab/results``."""
-    env = os.environ.get(ENV_VAR, "").strip()
-    if env:
-        return Path(env).expanduser()
+    """``<cache root>/results``: the root is ``$PRUNING_LAB_CACHE`` if set, else ``~/.cache/pruning-lab``."""
     try:
         from .models import cache_dir
     except ImportError:  # models.py not present (minimal install): a stable per-user location

@@ -78,7 +78,7 @@ class PruneConfig:
     calib: CalibConfig = field(default_factory=CalibConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     device: str = "auto"
-    dtype: str = "auto"  # auto: bfloat16 forwards on CPU and GPU alike; solver maths is always float32
+    dtype: str = "auto"  # auto: bf16 forwards where the device computes bf16 natively, else fp32 (api.resolve_dtype)
     true_sequential: bool = False
     batch_size: int = 8
     prompts: tuple = DEFAULT_PROMPTS

@@ -40,8 +40,8 @@ def test_registered_with_declared_options():
     spec = SOLVERS["admm"]
     assert spec.kind == "update" and spec.needs_gram
     assert spec.defaults() == {"iters": 20, "gradual_iters": 15, "mask_from": "gradual", "rho": 1.0, "damping": 0.1,
-                               "schedule": "cubic", "tol": 0.0}
-    assert {o.name for o in UPDATES["admm"].options} == {"iters", "rho", "damping", "tol"}
+                               "schedule": "cubic", "tol": 0.0, "linsolve": "inverse", "objective_every": 1}
+    assert {o.name for o in UPDATES["admm"].options} == {"iters", "rho", "damping", "tol", "linsolve", "objective_every"}
     assert [o.name for o in UPDATES["exact"].options] == ["damping"]
     assert UPDATES["exact"].needs_gram and UPDATES["admm"].needs_gram
 
@@ -152,6 +152,30 @@ def test_trace_and_cubic_schedule():
     # the last record describes the returned weights, in the project's metric
     assert out.trace[-1]["objective"] == pytest.approx(rel_error(p.W, out.weight, p.G), rel=1e-4)
     assert out.trace[-1]["damped_objective"] == pytest.approx(damped_objective(p.W, out.weight, p.G), rel=1e-4)
+
+
+@pytest.mark.parametrize("pattern,s", [("unstructured", 0.7), ("2:4", 0.5)])
+def test_linsolve_inverse_and_cholesky_agree(pattern, s):
+    """The inverse formed from the Cholesky factor and the two triangular solves give the same iterates."""
+    p = problem(d_out=48, d_in=64, seed=4)
+    a = prune_layer(p.W, p.G, p.n_tokens, solver="admm", sparsity=s, pattern=pattern, linsolve="inverse")
+    b = prune_layer(p.W, p.G, p.n_tokens, solver="admm", sparsity=s, pattern=pattern, linsolve="cholesky")
+    assert torch.equal(a.mask, b.mask)
+    assert torch.allclose(a.weight, b.weight, rtol=1e-4, atol=1e-5)
+    assert a.rel_error == pytest.approx(b.rel_error, rel=1e-4)
+
+
+def test_objective_every_thins_the_trace_only():
+    p = problem(d_out=48, d_in=64, seed=5)
+    full = prune_layer(p.W, p.G, p.n_tokens, solver="admm", sparsity=0.6)
+    thin = prune_layer(p.W, p.G, p.n_tokens, solver="admm", sparsity=0.6, objective_every=5)
+    last = prune_layer(p.W, p.G, p.n_tokens, solver="admm", sparsity=0.6, objective_every=0)
+    assert torch.equal(full.weight, thin.weight) and torch.equal(full.weight, last.weight)  # same iterates
+    assert [r["iteration"] for r in thin.trace if r["objective"] is not None] == [5, 10, 15, 20]
+    assert [r["iteration"] for r in last.trace if r["objective"] is not None] == [20]
+    assert all(r["primal_residual"] == f["primal_residual"] for r, f in zip(last.trace, full.trace))
+    assert last.trace[-1]["objective"] == pytest.approx(full.trace[-1]["objective"], rel=1e-12)
+    assert last.trace[-1]["objective"] == pytest.approx(last.rel_error, rel=1e-4)
 
 
 def test_schedule_targets():

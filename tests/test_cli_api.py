@@ -30,9 +30,9 @@ def small(model: str, **kw) -> PruneConfig:
     return PruneConfig(**{**base, **kw})
 
 
-def cli(*args, timeout=300):
+def cli(*args, timeout=300, env=None):
     return subprocess.run([sys.executable, "-m", "pruning", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", **(env or {})})
 
 
 def test_run_job_report_and_events(tiny_dir):
@@ -88,6 +88,24 @@ def test_cli_run_json_and_save(tiny_dir, tmp_path):
     m = AutoModelForCausalLM.from_pretrained(save)
     w = m.model.layers[0].mlp.down_proj.weight
     assert float((w == 0).float().mean()) == pytest.approx(0.6, abs=1e-3)
+
+
+def test_cli_sweep_with_compositions_and_resume(tiny_dir, tmp_path):
+    common = ["--model", tiny_dir, "--calib", "pydoc", "--nsamples", "4", "--seqlen", "64", "--eval-windows", "2",
+              "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "2", "--quiet", "--json-dir", str(tmp_path / "runs")]
+    env = {"PRUNING_LAB_CACHE": str(tmp_path / "cache")}
+    args = ["sweep", "--solvers", "magnitude,wanda+sparsegpt", "--sparsities", "0.5", "--patterns", "unstructured,2:4", *common]
+    p = cli(*args, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "sweep: 4 runs" in p.stderr and "wanda+sparsegpt" in p.stdout
+    files = sorted(f.name for f in (tmp_path / "runs").iterdir())
+    assert files == ["magnitude_2of4_50.json", "magnitude_unstructured_50.json", "wanda-sparsegpt_2of4_50.json",
+                     "wanda-sparsegpt_unstructured_50.json"]
+    comp = json.loads((tmp_path / "runs" / "wanda-sparsegpt_2of4_50.json").read_text())
+    assert comp["config"]["update"] == "sparsegpt" and comp["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    again = cli(*args, "--resume", env=env)
+    assert again.returncode == 0 and again.stderr.count("reused") == 4, again.stderr
+    assert json.loads((tmp_path / "runs" / "wanda-sparsegpt_2of4_50.json").read_text())["perplexity"] == comp["perplexity"]
 
 
 @pytest.mark.parametrize("args,field", [

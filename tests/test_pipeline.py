@@ -71,6 +71,36 @@ def test_shared_gram_for_qkv_and_gate_up(windows):
     assert col.gram("self_attn.o_proj")[0] is not col.gram("self_attn.q_proj")[0]
 
 
+def test_symmetric_gram_update_equals_full_product():
+    from pruning.pipeline import _SYRK_BLOCK, add_gram_, mirror_upper_
+
+    g = torch.Generator().manual_seed(0)
+    for d in (_SYRK_BLOCK * 2, _SYRK_BLOCK * 4 + 64):  # the smallest width that takes the blocked path, and an uneven one
+        G = torch.zeros(d, d)
+        X1, X2 = torch.randn(300, d, generator=g), torch.randn(200, d, generator=g)
+        assert add_gram_(G, X1) and add_gram_(G, X2)
+        mirror_upper_(G)
+        ref = X1.double().T @ X1.double() + X2.double().T @ X2.double()
+        assert torch.equal(G, G.T)
+        assert torch.allclose(G.double(), ref, rtol=1e-5, atol=1e-3)
+    G = torch.zeros(8, 8)
+    assert not add_gram_(G, torch.ones(3, 8)) and torch.equal(G, torch.full((8, 8), 3.0))  # narrow: plain product
+
+
+def test_blocked_gram_in_the_collector_matches_plain(windows, monkeypatch):
+    import pruning.pipeline as pl
+
+    m = build("llama")
+    inputs = capture_inputs(m, windows, 3)
+    blk = find_blocks(m)[1][0]
+    plain, _ = collect_grams(blk, block_linears(blk), inputs)
+    monkeypatch.setattr(pl, "_SYRK_BLOCK", 16)  # every input of the tiny model is now "wide"
+    blocked, _ = collect_grams(blk, block_linears(blk), inputs)
+    for name in block_linears(blk):
+        a, b = plain.gram(name)[0], blocked.gram(name)[0]
+        assert torch.equal(b, b.T) and torch.allclose(a, b, rtol=1e-5, atol=1e-4), name
+
+
 def test_shared_gram_gives_same_result_as_separate(windows):
     """Sharing is a pure optimisation: the Gram of q equals one computed from q's own input only."""
     m = build("llama")

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import torch
 
-from ..patterns import Pattern, _floor
+from ..patterns import Pattern, _floor, _lowest_k
 from .base import SOLVERS, UPDATES, LayerProblem, NumericalError, Option, SolveContext, SolverOutput
 
 _MAX_DAMP_RAISES = 8
+_SUB_BLOCK = 16  # columns per inner sub-block of the sweep (same result; fewer bytes touched per column)
 
 
 def damped_inverse_cholesky(H: torch.Tensor, damping: float, ctx: SolveContext, what: str = "sparsegpt") -> tuple[torch.Tensor, float]:
@@ -75,50 +76,57 @@ def obs_sweep(
 
     W: (d_out, d_in) float32, modified copy returned; U: (d_in, d_in) upper Cholesky factor of H⁻¹.
     Returns (pruned W, keep mask, OBS loss estimate Σ (w-q)²/U_jj² / 2).
+
+    Inside a block the weights are held transposed, (B, d_out), so that column j of the paper is the contiguous
+    row ``W1T[j]``, and the per-column work is two tensor ops: ``err = w_j · p_j / U_jj`` (p_j = pruned
+    indicator, pre-scaled once per block or N:M group) and the rank-1 compensation of the later columns.
     """
     W = W.clone(memory_format=torch.contiguous_format)
     d_out, d_in = W.shape
     keep = torch.ones(d_out, d_in, dtype=torch.bool, device=W.device) if fixed_keep is None else fixed_keep
     loss = torch.zeros((), dtype=torch.float64, device=W.device)
+    nm = fixed_keep is None and pattern.kind == "nm"
+    sub = _SUB_BLOCK
+    if nm:  # N:M groups must not straddle a block or a sub-block: both become multiples of M
+        blocksize = max(pattern.m, blocksize // pattern.m * pattern.m)
+        sub = pattern.m * max(1, _SUB_BLOCK // pattern.m)
     for i1 in range(0, d_in, blocksize):
         i2 = min(i1 + blocksize, d_in)
-        W1 = W[:, i1:i2].clone()  # (d_out, B)
+        W1T = W[:, i1:i2].t().contiguous()  # (B, d_out): row j = column i1 + j
         U1 = U[i1:i2, i1:i2]
         d = torch.diagonal(U1)  # (B,)
-        Err1 = torch.zeros_like(W1)
         if fixed_keep is None and pattern.kind == "unstructured":
             k = _budget(d_out, i1, i2, sparsity)  # total = d_out * d_in; cumulative counts in columns
-            keep1 = torch.ones(W1.shape, dtype=torch.bool, device=W1.device)
-            if k > 0:
-                score = (W1 / d.unsqueeze(0)) ** 2
-                idx = torch.sort(score.reshape(-1), stable=True).indices[:k]
-                keep1.view(-1)[idx] = False
-            keep[:, i1:i2] = keep1
+            if k > 0:  # the k lowest saliencies w²/U_jj² of the whole block; ties: lower (row, column) index first
+                score = (W1T.t() / d.unsqueeze(0)) ** 2  # (d_out, B)
+                keep[:, i1:i2] = ~_lowest_k(score.reshape(1, -1), k).view(d_out, i2 - i1)
         elif fixed_keep is None and pattern.kind == "per-row":
             k = _floor(sparsity * i2) - _floor(sparsity * i1)
-            keep1 = torch.ones(W1.shape, dtype=torch.bool, device=W1.device)
             if k > 0:
-                score = (W1 / d.unsqueeze(0)) ** 2
-                idx = torch.sort(score, dim=1, stable=True).indices[:, :k]
-                keep1.scatter_(1, idx, False)
-            keep[:, i1:i2] = keep1
-        for i in range(i2 - i1):
-            col = i1 + i
-            if fixed_keep is None and pattern.kind == "nm" and col % pattern.m == 0:
-                g = (W1[:, i : i + pattern.m] / d[i : i + pattern.m].unsqueeze(0)) ** 2
-                idx = torch.sort(g, dim=1, stable=True).indices[:, : pattern.n]
-                grp = torch.ones_like(g, dtype=torch.bool)
-                grp.scatter_(1, idx, False)
-                keep[:, col : col + pattern.m] = grp
-            w = W1[:, i]
-            err = (w * ~keep[:, col]) / d[i]  # (w - q) / U_jj, q = w with pruned rows zeroed
-            W1[:, i:].addr_(err, U1[i, i:], alpha=-1.0)  # the pruned entries become exactly w - w = 0 below
-            Err1[:, i] = err
-        loss += (Err1.double() ** 2).sum() / 2  # Σ (w - q)² / U_jj² / 2
-        W1.mul_(keep[:, i1:i2])  # exact zeros where pruned
-        W[:, i1:i2] = W1
+                score = (W1T.t() / d.unsqueeze(0)) ** 2
+                keep[:, i1:i2] = ~_lowest_k(score, k)
+        PdT = (~keep[:, i1:i2]).t().to(W.dtype) / d.unsqueeze(1)  # (B, d_out): pruned / U_jj (N:M: per group)
+        ErrT = torch.empty_like(W1T)  # (B, d_out): (w - q) / U_jj per column
+        B = i2 - i1
+        for j1 in range(0, B, sub):  # sub-blocks: rank-1 updates stay inside, one matmul carries them further
+            j2 = min(j1 + sub, B)
+            for i in range(j1, j2):
+                col = i1 + i
+                if nm and col % pattern.m == 0:  # choose this group's mask on the current, compensated weights
+                    g = (W1T[i : i + pattern.m] / d[i : i + pattern.m].unsqueeze(1)) ** 2  # (M, d_out)
+                    idx = torch.sort(g, dim=0, stable=True).indices[: pattern.n]  # (N, d_out): ties -> lower column
+                    grp = torch.ones_like(g, dtype=torch.bool).scatter_(0, idx, False)
+                    keep[:, col : col + pattern.m] = grp.t()
+                    PdT[i : i + pattern.m] = (~grp).to(W.dtype) / d[i : i + pattern.m].unsqueeze(1)
+                torch.mul(W1T[i], PdT[i], out=ErrT[i])
+                if i + 1 < j2:  # the later columns of the sub-block absorb the error
+                    W1T[i + 1 : j2].addr_(U1[i, i + 1 : j2], ErrT[i], alpha=-1.0)
+            if j2 < B:  # ... and the rest of the block, for the whole sub-block at once
+                W1T[j2:].addmm_(U1[j1:j2, j2:].t(), ErrT[j1:j2], alpha=-1.0)
+        loss += (ErrT.double() ** 2).sum() / 2  # Σ (w - q)² / U_jj² / 2
+        W[:, i1:i2] = W1T.t() * keep[:, i1:i2]  # exact zeros where pruned
         if i2 < d_in:
-            W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+            W[:, i2:].addmm_(ErrT.t(), U[i1:i2, i2:], alpha=-1.0)  # lazy batch update of the rest
     return W * keep, keep, float(loss)
 
 
