@@ -181,6 +181,7 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
             "warnings": rep["warnings"],
             "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
+        _observe(config, model, timings)
         emit(ev.JobFinished(report))
         if keep_model:
             report["_model"], report["_tokenizer"] = pruned, tok
@@ -202,32 +203,30 @@ def model_info(model_id: str, device: str = "auto", dtype: str = "auto") -> dict
             "linears": {n: list(l.shape) for n, l in lins.items()}}
 
 
-# rough per-layer solve seconds on a 2-core CPU for a 576-wide layer, scaled by (d_in/576)² · d_out/576
-_SOLVE_COST = {"magnitude": 0.002, "wanda": 0.003, "ria": 0.004, "sparsegpt": 0.03, "admm": 0.12, "sparsellm": 0.3}
+def _loaded(config: PruneConfig):
+    """(model, device, dtype) of the config if ``get_model`` already holds it, else (None, device, dtype)."""
+    dev = resolve_device(config.device)
+    dt = resolve_dtype(config.dtype, dev)
+    with _LOCK:
+        hit = _MODELS.get((config.model, str(dev), str(dt)))
+    return (hit[0] if hit else None), dev, dt
 
 
-def estimate_seconds(config: PruneConfig, n_params: float = 135e6, n_blocks: int = 30, layers_per_block: int = 7,
-                     device: str | None = None) -> float:
-    """Rough wall-clock estimate of ``run_job`` before it starts (SmolLM2-sized unless told otherwise).
+def estimate_seconds(config: PruneConfig, device: str | None = None) -> float:
+    """Predicted seconds of ``run_job(config)`` (dense evaluation cached), from ``pruning.estimate``'s cost model:
+    this machine's measured rates, the model's shapes (SmolLM2's until the model is loaded) and the corrections
+    learned from the runs finished in this process."""
+    from . import estimate
 
-    CPU figures measured on the project's 2-core machine (bf16 forward ≈ 1.3 ms/token for 135M params);
-    on CUDA everything is assumed ~50× faster.
-    """
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    per_token = 1.3e-3 * n_params / 135e6
-    calib = config.calib.nsamples * config.calib.seqlen * per_token * 2.4  # stats pass + Gram + propagate
-    evalt = config.eval.windows * config.eval.seqlen * per_token
-    gen = len(config.prompts) * config.max_new_tokens * 0.05
-    per_layer = _SOLVE_COST.get(config.solver, 0.05)
-    if config.solver == "sparsefw":
-        try:
-            from .solvers import sparsefw
+    model, dev, dt = _loaded(config)
+    if device is not None:
+        dev = torch.device(device)
+    shape = estimate.model_shape(model) if model is not None else None
+    return estimate.estimate_seconds(config, shape, str(dev), dt)
 
-            est = getattr(sparsefw, "estimate_seconds", None)
-            if est is not None:
-                per_layer = est(576, 576, int(dict(config.solver_options()[0]).get("iters", 100)), dev)
-        except Exception:
-            per_layer = 0.5
-    solve = per_layer * n_blocks * layers_per_block * 1.5
-    total = 2 + calib + evalt + gen + solve
-    return total / 50 if dev == "cuda" else total
+
+def _observe(config: PruneConfig, model, timings: dict) -> None:
+    from . import estimate
+
+    p = next(model.parameters())
+    estimate.observe(config, timings, estimate.model_shape(model), str(p.device), p.dtype)

@@ -1,0 +1,63 @@
+"""The run-time estimate shown before a run: a cost model on this machine's measured rates, corrected by the
+runs that finished (pruning/estimate.py)."""
+import pytest
+import torch
+
+from pruning import estimate
+from pruning.config import CalibConfig, EvalConfig, PruneConfig
+
+
+@pytest.fixture(autouse=True)
+def fresh():
+    estimate.reset_corrections()
+    yield
+    estimate.reset_corrections()
+
+
+def test_rates_are_measured_once_and_positive():
+    r = estimate.machine_rates("cpu")
+    assert estimate.machine_rates("cpu") is r
+    assert min(r.mm, r.mm_fwd, r.mm64, r.select, r.ew) > 0 and 0 < r.op < 0.01
+
+
+def test_estimate_follows_the_config():
+    base = estimate.estimate_seconds(PruneConfig(solver="sparsegpt"))
+    assert base > 1
+    assert estimate.estimate_seconds(PruneConfig(solver="sparsegpt", calib=CalibConfig(nsamples=64))) > base
+    assert estimate.estimate_seconds(PruneConfig(solver="sparsegpt", eval=EvalConfig(windows=64))) > base
+    mag = estimate.phase_seconds(PruneConfig(solver="magnitude"))["solve"]
+    gpt = estimate.phase_seconds(PruneConfig(solver="sparsegpt"))["solve"]
+    admm20 = estimate.phase_seconds(PruneConfig(solver="admm"))["solve"]
+    admm60 = estimate.phase_seconds(PruneConfig(solver="admm", options={"iters": 60}))["solve"]
+    assert mag < gpt < admm20 < admm60
+    comp = estimate.phase_seconds(PruneConfig(solver="wanda", update="admm"))["solve"]
+    assert comp > estimate.phase_seconds(PruneConfig(solver="wanda"))["solve"]
+
+
+def test_estimate_uses_the_model_shape():
+    small = dict(n_blocks=2, hidden=64, vocab=256, linears=((64, 64),) * 4 + ((128, 64), (128, 64), (64, 128)), gram_widths=(64, 64, 64, 128))
+    cfg = PruneConfig(solver="sparsegpt")
+    assert estimate.estimate_seconds(cfg, small) < estimate.estimate_seconds(cfg) / 10
+
+
+def test_observed_runs_correct_later_estimates():
+    cfg = PruneConfig(solver="wanda")
+    model = estimate.phase_seconds(cfg)
+    measured = {"calibration_forward": model["forward"] * 3, "propagate": 0.0, "statistics": model["statistics"] * 3,
+                "solve": model["solve"] * 3, "pruned_eval": model["pruned_eval"] * 3, "generate": model["generate"] * 3}
+    before = estimate.estimate_seconds(cfg)
+    estimate.observe(cfg, measured)
+    after = estimate.estimate_seconds(cfg)
+    assert after == pytest.approx(3 * (before - 1) + 1, rel=1e-6)
+    # the solve correction is per solver; another solver keeps its own (only the shared phases moved)
+    other = PruneConfig(solver="admm")
+    phases = estimate.phase_seconds(other)
+    expect = 3 * (sum(phases.values()) - phases["solve"]) + phases["solve"] + 1
+    assert estimate.estimate_seconds(other) == pytest.approx(expect, rel=1e-6)
+
+
+def test_model_shape_of_a_loaded_model(tiny_llama):
+    model, _ = tiny_llama
+    s = estimate.model_shape(model)
+    assert s["n_blocks"] == 2 and len(s["linears"]) == 7 and s["vocab"] == model.get_input_embeddings().weight.shape[0]
+    assert all(isinstance(x, int) for x in s["gram_widths"])
