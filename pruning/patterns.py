@@ -103,6 +103,8 @@ def _lowest_k(score: torch.Tensor, k: int) -> torch.Tensor:
     lower = score < v
     tied = score == v
     need = k - lower.sum(dim=1, keepdim=True)  # how many of the tied entries to prune, per row
+    if bool((tied.sum(dim=1, keepdim=True) == need).all()):  # every tied entry goes (the usual case): no tie-break
+        return lower | tied
     return lower | (tied & (torch.cumsum(tied, dim=1) <= need))
 
 
@@ -125,8 +127,10 @@ def select_mask(score: torch.Tensor, pattern: Pattern, sparsity: float) -> torch
     else:
         pattern.check_shape(d_in, "pattern")
         g = score.reshape(d_out, d_in // pattern.m, pattern.m)
-        idx = torch.sort(g, dim=2, stable=True).indices[:, :, : pattern.n]
-        keep.view(d_out, d_in // pattern.m, pattern.m).scatter_(2, idx, False)
+        srt = torch.sort(g, dim=2)  # the unstable sort is ~2x faster; it can only differ from the stable order
+        if bool((srt.values[:, :, pattern.n - 1] == srt.values[:, :, pattern.n]).any()):  # ... on a tie at the cut
+            srt = torch.sort(g, dim=2, stable=True)
+        keep.view(d_out, d_in // pattern.m, pattern.m).scatter_(2, srt.indices[:, :, : pattern.n], False)
     return keep
 
 

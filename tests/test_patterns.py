@@ -55,6 +55,30 @@ def test_ties_are_broken_by_index_and_count_stays_exact():
     assert bool((~keep)[:, :2].all()) and bool(keep[:, 2:].all())
 
 
+@pytest.mark.parametrize("pat", ["2:4", "1:4", "4:8", "3:8"])
+def test_nm_ties_equal_the_stable_sort_rule(pat):
+    """N:M selection takes a fast unstable sort unless a tie sits at the cut: both must give the documented rule
+    (among equal scores, the lower column is pruned first), here with many ties at and away from the cut."""
+    p = parse_pattern(pat)
+    g = torch.Generator().manual_seed(1)
+    for score in (torch.randint(0, 3, (32, 64), generator=g).float(), torch.randn(32, 64, generator=g)):
+        keep = select_mask(score, p, 0.0)
+        grp = score.reshape(32, -1, p.m)
+        idx = torch.sort(grp, dim=2, stable=True).indices[:, :, : p.n]
+        ref = torch.ones_like(grp, dtype=torch.bool).scatter_(2, idx, False).reshape(32, 64)
+        assert torch.equal(keep, ref)
+
+
+def test_lowest_k_fast_path_and_tie_break_agree_with_stable_sort():
+    from pruning.patterns import _lowest_k
+
+    g = torch.Generator().manual_seed(2)
+    for score in (torch.randn(5, 97, generator=g), torch.randint(0, 4, (5, 97), generator=g).float()):
+        for k in (1, 13, 48, 96):
+            ref = torch.zeros_like(score, dtype=torch.bool).scatter_(1, torch.sort(score, dim=1, stable=True).indices[:, :k], True)
+            assert torch.equal(_lowest_k(score, k), ref)
+
+
 def test_nm_width_must_divide():
     with pytest.raises(PatternError, match="multiple of M=4"):
         select_mask(torch.randn(3, 10), parse_pattern("2:4"), 0.5)
