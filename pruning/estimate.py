@@ -51,7 +51,8 @@ _LOCK = threading.Lock()
 _CORRECTION: dict[str, float] = {}  # phase (or "solve:<solver>") -> measured / predicted
 
 
-def _timed(fn, dev: torch.device, reps: int = 3) -> float:
+def timed_call(fn, dev: torch.device, reps: int = 3) -> float:
+    """Seconds per call of ``fn`` (after one warm-up call), synchronising CUDA around the timed calls."""
     fn()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -79,12 +80,12 @@ def machine_rates(device: str = "cpu", dtype: torch.dtype = torch.float32) -> Ra
     big = torch.randn(1 << 20, generator=g).to(dev)
     flops = 2 * 512**3
     rates = Rates(
-        mm=flops / _timed(lambda: a @ b, dev),
-        mm_fwd=flops / _timed(lambda: af @ bf, dev),
-        mm64=flops / _timed(lambda: ad @ bd, dev),
-        select=flat.numel() / _timed(lambda: torch.kthvalue(flat, flat.numel() // 2), dev),
-        op=_timed(lambda: [small.mul(1.0) for _ in range(50)], dev) / 50,
-        ew=big.numel() / _timed(lambda: big.mul(1.0001), dev),
+        mm=flops / timed_call(lambda: a @ b, dev),
+        mm_fwd=flops / timed_call(lambda: af @ bf, dev),
+        mm64=flops / timed_call(lambda: ad @ bd, dev),
+        select=flat.numel() / timed_call(lambda: torch.kthvalue(flat, flat.numel() // 2), dev),
+        op=timed_call(lambda: [small.mul(1.0) for _ in range(50)], dev) / 50,
+        ew=big.numel() / timed_call(lambda: big.mul(1.0001), dev),
     )
     with _LOCK:
         _RATES[key] = rates

@@ -45,6 +45,7 @@ import warnings
 
 import torch
 
+from ..estimate import timed_call
 from ..patterns import Pattern, _floor, select_mask
 from .base import SOLVERS, LayerProblem, Option, SolveContext, SolverError, SolverOutput
 from .greedy import wanda_score
@@ -324,16 +325,8 @@ def device_rates(device: str = "cpu") -> dict:
     x = torch.randn(512, 512, generator=gen).to(dev)
     xd = x.double()
 
-    def timed(fn, reps: int = 3) -> float:
-        fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return max((time.perf_counter() - t) / reps, 1e-7)
+    def timed(fn) -> float:
+        return timed_call(fn, dev)
 
     return {
         "mm": 2 * 512**3 / timed(lambda: a @ x),
