@@ -10,7 +10,9 @@ outputs) — measured in the same run with no hooks and no solver. Target: prune
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import functools
 import json
 import platform
 import sys
@@ -22,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pruning.adapters import find_blocks  # noqa: E402
-from pruning.api import get_model, run_job  # noqa: E402
+from pruning.api import cpu_has_native_bf16, estimate_seconds, get_model, run_job  # noqa: E402
 from pruning.config import CalibConfig, EvalConfig, PruneConfig  # noqa: E402
 from pruning.data import calibration_windows  # noqa: E402
 from pruning.pipeline import BlockInputs, capture_inputs, prune_model, run_block  # noqa: E402
@@ -36,6 +38,32 @@ def floor_seconds(model, windows, batch_size) -> float:
         run_block(blk, inputs)  # statistics pass (without hooks)
         inputs = BlockInputs(run_block(blk, inputs), inputs.args, inputs.kwargs)  # propagation pass
     return time.perf_counter() - t0
+
+
+def cpu_description() -> str:
+    """CPU model, PyTorch's vector capability and whether bf16 is native (what decides the forward dtype)."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{model or platform.processor()} ({torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16()})"
+
+
+@contextlib.contextmanager
+def reference_style():
+    """Our pipeline with the reference code's cost structure: one Gram per linear (q, k, v and gate, up each their
+    own) and full Xᵀ X products (no symmetric half). Use with batch_size=1 for "the same forwards at batch 1"."""
+    from pruning import pipeline as pl
+
+    orig, block = pl.collect_grams, pl._SYRK_BLOCK
+    pl.collect_grams = functools.partial(orig, share=False)
+    pl._SYRK_BLOCK = 1 << 30
+    try:
+        yield
+    finally:
+        pl.collect_grams, pl._SYRK_BLOCK = orig, block
 
 
 def main() -> None:
@@ -62,36 +90,56 @@ def main() -> None:
     hdr = f"{'solver':<11}{'batch':>6}{'capture':>9}{'calib fwd':>10}{'stats':>8}{'solve':>8}{'propag':>8}{'total':>8}{'floor+solve':>12}{'ratio':>7}"
     print(hdr)
     for solver in [s for s in a.solvers.split(",") if s]:
-        for bs in ([a.batch_size] if a.no_batch1 or solver != "sparsegpt" else [a.batch_size, 1]):
+        runs = [(a.batch_size, False)]
+        if not a.no_batch1 and solver == "sparsegpt":
+            runs += [(1, False), (1, True)]
+        for bs, ref in runs:
             cfg = PruneConfig(solver=solver, sparsity=0.5, batch_size=bs, calib=CalibConfig(nsamples=a.nsamples, seqlen=a.seqlen))
             m = copy.deepcopy(model)
-            rep = prune_model(m, tok, cfg, windows=windows)
+            with reference_style() if ref else contextlib.nullcontext():
+                rep = prune_model(m, tok, cfg, windows=windows)
             t = rep["timings"]
             ratio = t["total"] / (floor + t["solve"])
-            row = {"solver": solver, "batch_size": bs, **t, "floor": floor, "ratio_to_floor_plus_solve": ratio}
+            row = {"solver": solver, "batch_size": bs, "reference_style": ref, **t, "floor": floor, "ratio_to_floor_plus_solve": ratio}
             rows.append(row)
-            print(f"{solver:<11}{bs:>6}{t['capture']:>9.2f}{t['calibration_forward']:>10.2f}{t['statistics']:>8.2f}{t['solve']:>8.2f}"
-                  f"{t['propagate']:>8.2f}{t['total']:>8.2f}{floor + t['solve']:>12.2f}{ratio:>7.2f}")
+            label = solver + (" (ref)" if ref else "")
+            print(f"{label:<11}{bs:>6}{t['capture']:>9.2f}{t['calibration_forward']:>10.2f}{t['statistics']:>8.2f}{t['solve']:>8.2f}"
+                  f"{t['propagate']:>8.2f}{t['total']:>8.2f}{floor + t['solve']:>12.2f}{ratio:>7.2f}", flush=True)
             del m
     b8 = [r for r in rows if r["solver"] == "sparsegpt" and r["batch_size"] == a.batch_size]
-    b1 = [r for r in rows if r["solver"] == "sparsegpt" and r["batch_size"] == 1]
-    out = {"machine": platform.processor() or platform.machine(), "device": str(dev), "threads": torch.get_num_threads(),
+    b1 = [r for r in rows if r["solver"] == "sparsegpt" and r["batch_size"] == 1 and not r["reference_style"]]
+    b1_ref = [r for r in rows if r["solver"] == "sparsegpt" and r["reference_style"]]
+    out = {"machine": platform.processor() or platform.machine(), "cpu": cpu_description(), "device": str(dev),
+           "dtype": str(next(model.parameters()).dtype), "threads": torch.get_num_threads(),
            "nsamples": a.nsamples, "seqlen": a.seqlen, "floor": floor, "rows": rows, "date": time.strftime("%Y-%m-%d")}
+    fwd = lambda r: r["capture"] + r["calibration_forward"] + r["statistics"] + r["propagate"]  # noqa: E731
     if b8 and b1:
-        fwd = lambda r: r["capture"] + r["calibration_forward"] + r["statistics"] + r["propagate"]  # noqa: E731
         out["batched_vs_batch1_forward_speedup"] = fwd(b1[0]) / fwd(b8[0])
         out["batched_vs_batch1_total_speedup"] = b1[0]["total"] / b8[0]["total"]
         print(f"sequential pipeline forwards, batch {a.batch_size} vs batch 1: {out['batched_vs_batch1_forward_speedup']:.2f}× faster "
               f"(whole prune {out['batched_vs_batch1_total_speedup']:.2f}×)")
+    if b8 and b1_ref:
+        out["vs_reference_style_forward_speedup"] = fwd(b1_ref[0]) / fwd(b8[0])
+        out["vs_reference_style_total_speedup"] = b1_ref[0]["total"] / b8[0]["total"]
+        print(f"forwards + statistics, ours (batch {a.batch_size}, shared Grams, symmetric products) vs reference style "
+              f"(batch 1, a Gram per linear, full products): {out['vs_reference_style_forward_speedup']:.2f}× faster "
+              f"(whole prune {out['vs_reference_style_total_speedup']:.2f}×)")
     if not a.no_e2e:
+        from pruning import estimate
+
         cfg = PruneConfig(device=a.device, dtype=a.dtype)  # the app's default config
+        estimate.reset_corrections()
+        est_cold = estimate_seconds(cfg)  # what the page shows before the first run (no correction yet)
         run_job(cfg)  # fills the dense-evaluation cache, as the app does once per model
+        est_warm = estimate_seconds(cfg)  # after one run of the same kind
         t0 = time.perf_counter()
         rep = run_job(cfg)
         wall = time.perf_counter() - t0
-        out["end_to_end_default"] = {"wall": wall, "timings": rep["timings"], "ppl": rep["perplexity"], "config": cfg.to_dict()}
+        out["end_to_end_default"] = {"wall": wall, "timings": rep["timings"], "ppl": rep["perplexity"], "config": cfg.to_dict(),
+                                     "estimate_before_any_run": est_cold, "estimate_after_one_run": est_warm}
         print(f"default config end to end (dense evaluation cached): {wall:.1f}s wall; phases "
               + ", ".join(f"{k} {v:.1f}" for k, v in rep["timings"].items()) + f"; ppl {rep['perplexity']}")
+        print(f"estimate shown before it: {est_cold:.1f}s before any run, {est_warm:.1f}s after one run")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
 

@@ -144,8 +144,9 @@ class GramCollector:
     (the first batch's inputs are held, so an address cannot be reused) and share one Gram.
     """
 
-    def __init__(self, linears: dict[str, Linear]):
+    def __init__(self, linears: dict[str, Linear], share: bool = True):
         self.linears = linears
+        self.share = share  # False: one Gram per linear, as the reference code (benchmarks only)
         self.leader: dict[str, str] = {}  # name -> name of the linear whose Gram it shares
         self.G: dict[str, torch.Tensor] = {}
         self.n: dict[str, int] = {}
@@ -181,7 +182,7 @@ class GramCollector:
             x = args[0]
             if self._first_batch is not None:
                 self.order.append(name)
-                for other, t in self._first_batch.items():
+                for other, t in (self._first_batch.items() if self.share else ()):
                     if t.data_ptr() == x.data_ptr() and t.shape == x.shape and t.stride() == x.stride():
                         self.leader[name] = self.leader.get(other, other)
                         break
@@ -213,9 +214,10 @@ class GramCollector:
         return list(out.values())
 
 
-def collect_grams(block: nn.Module, linears: dict[str, Linear], inputs: BlockInputs) -> tuple[GramCollector, list[torch.Tensor]]:
+def collect_grams(block: nn.Module, linears: dict[str, Linear], inputs: BlockInputs,
+                  share: bool = True) -> tuple[GramCollector, list[torch.Tensor]]:
     """Dense run of ``block`` with Gram hooks on ``linears``; returns the collector and the block outputs."""
-    col = GramCollector(linears)
+    col = GramCollector(linears, share)
     outs = []
     with col, torch.no_grad():
         for h, a, kw in zip(inputs.hidden, inputs.args, inputs.kwargs):
