@@ -177,9 +177,12 @@ def test_lab_api(app):
 
 def test_sweep_runs_table_and_estimate(app):
     client = Client(app.url, verbose=False)
-    outs = list(client.submit(app.small, ["magnitude", "wanda"], ["unstructured", "2:4"], "0.3", 2, 64, 2, 64, api_name="/sweep"))
+    outs = list(client.submit(app.small, ["magnitude", "wanda", "sparsegpt"], ["unstructured", "2:4"], "0.3", 2, 64, 2, 64,
+                              ["none", "admm"], api_name="/sweep"))
     status = outs[-1][0]
-    assert len(status["data"]) == 4 and all(str(r[-1]).startswith("done") for r in status["data"]), status["data"]
+    # mask solvers × {none, admm}, sparsegpt only as it is: (2 × 2 + 1) × 2 patterns
+    assert len(status["data"]) == 10 and all(str(r[-1]).startswith("done") for r in status["data"]), status["data"]
+    assert sum(str(r[1]).endswith("+admm") for r in status["data"]) == 4
     assert len(outs) >= 2
     table, fig = client.predict("all models", True, api_name="/runs")[:2]
     cols = table["headers"]
@@ -191,7 +194,9 @@ def test_sweep_runs_table_and_estimate(app):
     assert any("precomputed" in n for n in names) and any(n.startswith("wanda · 2:4") for n in names)
     assert client.predict(_tiny_cfg(app.small), api_name="/estimate") > 0
     with pytest.raises(Exception, match="sparsities"):
-        client.predict(app.small, ["wanda"], ["unstructured"], "abc", 2, 64, 2, 64, api_name="/sweep")
+        client.predict(app.small, ["wanda"], ["unstructured"], "abc", 2, 64, 2, 64, ["none"], api_name="/sweep")
+    with pytest.raises(Exception, match="nope.*not in the list of choices"):  # Gradio checks the choices itself
+        client.predict(app.small, ["wanda"], ["unstructured"], "0.5", 2, 64, 2, 64, ["nope"], api_name="/sweep")
 
 
 # ------------------------------------------------------------------------------------------ no server needed

@@ -329,22 +329,29 @@ def parse_sparsities(text) -> list[float]:
 
 
 def sweep_configs(model: str, solvers: list[str], patterns: list[str], sparsities: list[float], nsamples: int, seqlen: int,
-                  eval_windows: int, eval_seqlen: int, max_new_tokens: int = 16) -> list[PruneConfig]:
-    """solvers × patterns × sparsities, de-duplicated by key (N:M fixes the sparsity). Raises ConfigError."""
+                  eval_windows: int, eval_seqlen: int, max_new_tokens: int = 16, updates: list[str] | None = None) -> list[PruneConfig]:
+    """solvers × updates × patterns × sparsities, de-duplicated by key (N:M fixes the sparsity). A weight update
+    applies to mask solvers only; the others always run as they are. Raises ConfigError."""
     if not solvers:
         raise ConfigError(f"solvers: pick at least one; allowed: {', '.join(SOLVERS.names())}")
     if not patterns:
         raise ConfigError("patterns: pick at least one; allowed: unstructured, per-row, N:M such as 2:4")
+    updates = list(updates or ["none"])
+    unknown = [u for u in updates if u not in UPDATES]
+    if unknown:
+        raise ConfigError(f"updates: unknown {unknown}; allowed: {', '.join(UPDATES.names())}")
     out, seen = [], set()
     for solver in solvers:
-        for pattern in patterns:
-            for s in sparsities:
-                cfg = parse_config({"model": model or DEFAULT_MODEL, "solver": solver, "pattern": pattern, "sparsity": s,
-                                    "calib": {"nsamples": nsamples, "seqlen": seqlen},
-                                    "eval": {"windows": eval_windows, "seqlen": eval_seqlen}, "max_new_tokens": max_new_tokens})
-                if cfg.key() not in seen:
-                    seen.add(cfg.key())
-                    out.append(cfg)
+        mask_solver = solver in SOLVERS and SOLVERS.get(solver).kind == "mask"
+        for update in (updates if mask_solver else ["none"]):
+            for pattern in patterns:
+                for s in sparsities:
+                    cfg = parse_config({"model": model or DEFAULT_MODEL, "solver": solver, "update": update, "pattern": pattern,
+                                        "sparsity": s, "calib": {"nsamples": nsamples, "seqlen": seqlen},
+                                        "eval": {"windows": eval_windows, "seqlen": eval_seqlen}, "max_new_tokens": max_new_tokens})
+                    if cfg.key() not in seen:
+                        seen.add(cfg.key())
+                        out.append(cfg)
     if len(out) > MAX_SWEEP:
         raise ConfigError(f"sweep: {len(out)} runs requested; allowed: at most {MAX_SWEEP} per sweep")
     return out
@@ -508,11 +515,12 @@ class Handlers:
         return plots.overlay_figure(by_id.get(run_a or ""), by_id.get(run_b or ""))
 
     def sweep(self, model: str, solvers: list[str], patterns: list[str], sparsities, nsamples: int, seqlen: int,
-              eval_windows: int, eval_seqlen: int = 128, request: gr.Request | None = None):
-        """Queue solvers × patterns × sparsities; stream (status table, trade-off figure, runs table) as runs finish."""
+              eval_windows: int, eval_seqlen: int = 128, updates: list[str] | None = None, request: gr.Request | None = None):
+        """Queue solvers × updates × patterns × sparsities; stream (status table, trade-off figure, runs table) as runs
+        finish."""
         try:
             configs = sweep_configs(model, list(solvers or []), list(patterns or []), parse_sparsities(sparsities),
-                                    nsamples, seqlen, eval_windows, eval_seqlen)
+                                    nsamples, seqlen, eval_windows, eval_seqlen, updates=list(updates or ["none"]))
         except ConfigError as e:
             raise gr.Error(str(e), title="Invalid sweep") from None
         owner = f"{getattr(request, 'session_hash', None)}{SWEEP_OWNER}"
@@ -533,7 +541,7 @@ class Handlers:
                     st = f"done · ppl {p:.3f}" + (" (cache)" if j.cached else "") if isinstance(p, (int, float)) else "done"
                 else:
                     st = f"{j.status}: {j.message}"[:120]
-                rows.append({"#": i, "solver": j.config.solver, "pattern": j.config.pattern, "sparsity": j.config.sparsity, "status": st})
+                rows.append({"#": i, "solver": j.config.solver + (f"+{j.config.update}" if j.config.update != "none" else ""), "pattern": j.config.pattern, "sparsity": j.config.sparsity, "status": st})
             return pd.DataFrame(rows, columns=["#", "solver", "pattern", "sparsity", "status"])
 
         def figures():

@@ -106,6 +106,7 @@ class Controls:
     sw_model: gr.Dropdown = None
     sw_solvers: gr.CheckboxGroup = None
     sw_patterns: gr.CheckboxGroup = None
+    sw_updates: gr.CheckboxGroup = None
     sw_sparsities: gr.Textbox = None
     sw_nsamples: gr.Number = None
     sw_seqlen: gr.Number = None
@@ -249,6 +250,8 @@ def _compare_tab(c: Controls) -> None:
             c.sw_solvers = gr.CheckboxGroup(SOLVERS.names(), value=[s for s in ("magnitude", "wanda", "sparsegpt") if s in SOLVERS],
                                             label="Solvers", scale=3)
             c.sw_patterns = gr.CheckboxGroup(PATTERN_CHOICES, value=["unstructured"], label="Patterns", scale=2)
+            c.sw_updates = gr.CheckboxGroup(["none"] + [u for u in UPDATES.names() if u != "none"], value=["none"], label="Weight updates",
+                                            info="after each mask solver (magnitude, wanda, ria, sparsefw)", scale=2)
         with gr.Row():
             c.sw_model = gr.Dropdown(choices=[DEFAULT_MODEL], value=DEFAULT_MODEL, allow_custom_value=True, label="Model", min_width=140)
             c.sw_sparsities = gr.Textbox(value="0.3, 0.5, 0.7", label="Sparsities", info="comma-separated", min_width=140)

@@ -61,7 +61,7 @@ def wire(c: Controls, h: Handlers) -> None:
         gr.on([c.run_a.change, c.run_b.change], h.overlay, [c.run_a, c.run_b], c.overlay_plot, api_name="overlay",
               show_progress="hidden")
         c.sw_btn.click(h.sweep, [c.sw_model, c.sw_solvers, c.sw_patterns, c.sw_sparsities, c.sw_nsamples, c.sw_seqlen,
-                                 c.sw_eval_windows, c.sw_eval_seqlen],
+                                 c.sw_eval_windows, c.sw_eval_seqlen, c.sw_updates],
                        [c.sw_status, c.tradeoff_plot, c.runs_table], api_name="sweep", concurrency_limit=4,
                        concurrency_id="sweep", show_progress="hidden") \
             .then(h.compare, [c.cmp_model, c.cmp_precomputed], compare_out, api_visibility="private", show_progress="hidden")
