@@ -178,6 +178,24 @@ def test_objective_every_thins_the_trace_only():
     assert last.trace[-1]["objective"] == pytest.approx(last.rel_error, rel=1e-4)
 
 
+@pytest.mark.parametrize("pat", ["2:4", "4:8", "1:4"])
+def test_gradual_nm_step_keeps_winners_and_prunes_lowest_losers(pat):
+    """One gradual N:M step: every current N:M winner kept; among the others the ⌊target·numel⌋ lowest pruned,
+    ties by flat index (the same as ranking the whole matrix with the winners set to +inf)."""
+    import math
+
+    from pruning.patterns import Pattern
+    from pruning.solvers.admm import _select_gradual
+
+    p = parse_pattern(pat)
+    g = torch.Generator().manual_seed(0)
+    for score in (torch.randn(64, 128, generator=g).abs(), torch.randint(0, 5, (64, 128), generator=g).float()):
+        winners = select_mask(score, p, 0.0)
+        for t in (0.0, 0.1, p.n / p.m * 0.99, p.n / p.m):
+            ref = select_mask(score.masked_fill(winners, math.inf), Pattern("unstructured"), t)
+            assert torch.equal(_select_gradual(score, p, t, last=False), ref), t
+
+
 def test_schedule_targets():
     un, row, nm = parse_pattern("unstructured"), parse_pattern("per-row"), parse_pattern("4:8")
     cubic = schedule_targets(un, 0.6, 15)

@@ -64,7 +64,7 @@ import math
 
 import torch
 
-from ..patterns import Pattern, PatternError, check_mask, prune_count, select_mask
+from ..patterns import Pattern, PatternError, _lowest_k, check_mask, prune_count, select_mask
 from .base import SOLVERS, UPDATES, LayerProblem, NumericalError, Option, SolveContext, SolverError, SolverOutput
 from .greedy import wanda_score
 
@@ -201,8 +201,14 @@ def _select_gradual(score: torch.Tensor, pattern: Pattern, target: float, last: 
     winners = select_mask(score, pattern, 0.0)  # the current N:M mask
     if last:
         return winners
-    # keep every N:M winner; among the others prune the lowest ⌊target·numel⌋ (target ≤ N/M, so only losers go)
-    return select_mask(score.masked_fill(winners, math.inf), Pattern("unstructured"), target)
+    # keep every N:M winner; among the others prune the lowest ⌊target·numel⌋ (target ≤ N/M, so only losers go),
+    # ties by flat index as everywhere: the losers are taken in flat order
+    k = prune_count(Pattern("unstructured"), tuple(score.shape), target)
+    keep = torch.ones_like(winners)
+    if k > 0:
+        losers = ~winners
+        keep[losers] = ~_lowest_k(score[losers].unsqueeze(0), k).squeeze(0)
+    return keep
 
 
 # ------------------------------------------------------------------------------------------ objective
