@@ -137,16 +137,24 @@ def mirror_upper_(G: torch.Tensor) -> None:
     G[low[0], low[1]] = G[low[1], low[0]]
 
 
+class _StopForward(Exception):
+    """Raised by the last Gram hook of a batch when the block's outputs are not needed."""
+
+
 class GramCollector:
     """Forward pre-hooks that accumulate G = Σ x xᵀ (float32) once per distinct input tensor.
 
     Linears fed the very same tensor (q/k/v; gate/up) are detected on the first batch by storage identity
     (the first batch's inputs are held, so an address cannot be reused) and share one Gram.
+    ``stop_early``: once every linear has seen its input in a batch, the rest of that forward is skipped
+    (raises ``_StopForward``; the linear itself and what follows it are not computed).
     """
 
-    def __init__(self, linears: dict[str, Linear], share: bool = True):
+    def __init__(self, linears: dict[str, Linear], share: bool = True, stop_early: bool = False):
         self.linears = linears
         self.share = share  # False: one Gram per linear, as the reference code (benchmarks only)
+        self.stop_early = stop_early
+        self._seen: set[str] = set()  # linears hooked in the current batch
         self.leader: dict[str, str] = {}  # name -> name of the linear whose Gram it shares
         self.G: dict[str, torch.Tensor] = {}
         self.n: dict[str, int] = {}
@@ -173,6 +181,7 @@ class GramCollector:
 
     def next_batch(self) -> None:
         self._batch += 1
+        self._seen.clear()
         if self._batch == 1:
             self._first_batch = None
 
@@ -199,6 +208,9 @@ class GramCollector:
                     self._upper_only.add(name)
                 self.n[name] += X.shape[0]
             self.seconds += time.perf_counter() - t0
+            self._seen.add(name)
+            if self.stop_early and len(self._seen) == len(self.linears):
+                raise _StopForward
 
         return hook
 
@@ -215,15 +227,24 @@ class GramCollector:
 
 
 def collect_grams(block: nn.Module, linears: dict[str, Linear], inputs: BlockInputs,
-                  share: bool = True) -> tuple[GramCollector, list[torch.Tensor]]:
-    """Dense run of ``block`` with Gram hooks on ``linears``; returns the collector and the block outputs."""
-    col = GramCollector(linears, share)
+                  share: bool = True, need_outputs: bool = True) -> tuple[GramCollector, list[torch.Tensor]]:
+    """Dense run of ``block`` with Gram hooks on ``linears``; returns the collector and the block outputs.
+
+    ``need_outputs=False``: each forward stops once the last of ``linears`` has seen its input (the pipeline's
+    statistics pass: the dense outputs are never used, so e.g. down_proj's product is skipped); outputs = [].
+    """
+    col = GramCollector(linears, share, stop_early=not need_outputs)
     outs = []
     with col, torch.no_grad():
         for h, a, kw in zip(inputs.hidden, inputs.args, inputs.kwargs):
-            out = block(h, *a, **kw)
-            outs.append(out[0] if isinstance(out, (tuple, list)) else out)
-            col.next_batch()
+            try:
+                out = block(h, *a, **kw)
+            except _StopForward:
+                pass
+            else:
+                outs.append(out[0] if isinstance(out, (tuple, list)) else out)
+            finally:
+                col.next_batch()
     missing = [n for n in linears if n not in col.leader]
     if missing:
         raise RuntimeError(f"linears {missing} were never called in the block forward; cannot collect statistics")
@@ -371,17 +392,19 @@ def prune_model(
             linears = block_linears(block)
             groups = [list(linears)]
             if config.true_sequential:
-                probe, _ = collect_grams(block, linears, BlockInputs(inputs.hidden[:1], inputs.args[:1], inputs.kwargs[:1]))
+                probe, _ = collect_grams(block, linears, BlockInputs(inputs.hidden[:1], inputs.args[:1], inputs.kwargs[:1]),
+                                         need_outputs=False)
                 groups = probe.groups()
             for gi, group in enumerate(groups):
                 check_cancel()
                 sub = {n: linears[n] for n in group}
                 t0 = time.perf_counter()
-                col, _ = collect_grams(block, sub, inputs)
+                col, _ = collect_grams(block, sub, inputs, need_outputs=False)
                 elapsed = time.perf_counter() - t0
                 timings["statistics"] += col.seconds
                 timings["calibration_forward"] += elapsed - col.seconds
                 grams = {n: col.gram(n) for n in group}
+                memo: dict = {}  # Gram-derived values shared by the group's layers (SolveContext.memo)
                 t0 = time.perf_counter()
 
                 def on_iter_for(name):
@@ -401,11 +424,11 @@ def prune_model(
                         W = lin.get_weight().detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
                         problem = LayerProblem(W=W, G=G, n_tokens=ntok, name=f"{b}.{name}")
                         sol = solve(problem, config.solver, pattern, config.sparsity, s_opts, config.update, u_opts,
-                                    SolveContext(on_iter_for(name), warn))
+                                    SolveContext(on_iter_for(name), warn, memo))
                         _write(lin, sol, saved)
                         _record(result, emit, b, name, sol)
                 timings["solve"] += time.perf_counter() - t0
-                del col, grams
+                del col, grams, memo
             t0 = time.perf_counter()
             outs = run_block(block, inputs)
             _check_finite(outs, f"the outputs of pruned block {b}")

@@ -112,6 +112,58 @@ def test_shared_gram_gives_same_result_as_separate(windows):
     assert torch.equal(shared.gram("self_attn.k_proj")[0], alone.gram("self_attn.k_proj")[0])
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_statistics_pass_without_outputs_gives_the_same_grams(family, windows):
+    """need_outputs=False stops each forward after the last linear's input: same Grams, counts and order, and
+    the last linear itself is never run."""
+    m = build(family)
+    inputs = capture_inputs(m, windows, 4)  # two batches (4 + 2)
+    blk = find_blocks(m)[1][1]
+    lins = block_linears(blk)
+    full, outs = collect_grams(blk, lins, inputs)
+    calls = []
+    last = full.order[-1]
+    handle = lins[last].module.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        fast, none = collect_grams(blk, lins, inputs, need_outputs=False)
+    finally:
+        handle.remove()
+    assert len(outs) == 2 and none == [] and calls == []
+    assert fast.order == full.order and fast.groups() == full.groups()
+    for name in lins:
+        assert torch.equal(fast.gram(name)[0], full.gram(name)[0]), name
+        assert fast.gram(name)[1] == full.gram(name)[1] == windows.numel()
+    # a subset (one true-sequential group) stops after its own last member
+    group = {n: lins[n] for n in full.groups()[0]}
+    part, _ = collect_grams(blk, group, inputs, need_outputs=False)
+    for name in group:
+        assert torch.equal(part.gram(name)[0], full.gram(name)[0]), name
+
+
+def test_sparsegpt_factor_is_shared_within_a_group(windows, monkeypatch):
+    """q/k/v (and gate/up) share one Gram, so the pipeline factorises H⁻¹ once per distinct input; the
+    pruned weights are those of a run that factorises per layer."""
+    import pruning.solvers.sparsegpt as sg
+
+    calls = []
+    orig = sg._damped_factor
+    monkeypatch.setattr(sg, "_damped_factor", lambda *a: calls.append(a[0].shape) or orig(*a))
+    cfg = PruneConfig(solver="sparsegpt", sparsity=0.5, batch_size=4)
+    shared = build("llama")
+    prune_model(shared, None, cfg, windows=windows)
+    n_blocks = len(find_blocks(shared)[1])
+    assert len(calls) == 4 * n_blocks  # qkv input, o input, gate/up input, down input
+    # without the memo (one factorisation per linear) the weights are identical
+    monkeypatch.setattr(sg.SolveContext, "gram_key", staticmethod(lambda *a: object()))
+    calls.clear()
+    alone = build("llama")
+    prune_model(alone, None, cfg, windows=windows)
+    assert len(calls) == 7 * n_blocks
+    for b1, b2 in zip(find_blocks(shared)[1], find_blocks(alone)[1]):
+        for (name, l1), l2 in zip(block_linears(b1).items(), block_linears(b2).values()):
+            assert torch.equal(l1.get_weight(), l2.get_weight()), name
+
+
 def test_sequential_propagation_matches_full_forward_at_zero_sparsity(windows):  # invariant 16
     m = build("llama")
     captured = {}

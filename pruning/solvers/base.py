@@ -99,10 +99,20 @@ class LayerProblem:
 
 @dataclass
 class SolveContext:
-    """Callbacks a solver may use: per-iteration records and warnings (e.g. damping raised)."""
+    """Callbacks a solver may use: per-iteration records and warnings (e.g. damping raised).
+
+    ``memo``: a dict shared by the layers of one statistics pass (the pipeline passes one per group), where a
+    solver may keep what depends only on the Gram (e.g. SparseGPT's factor of H⁻¹), keyed by ``gram_key``;
+    the layers that share an input (q/k/v, gate/up) share the very same Gram tensor."""
 
     on_iter: Callable[[dict], None] | None = None
     on_warning: Callable[[str], None] | None = None
+    memo: dict | None = None
+
+    @staticmethod
+    def gram_key(what: str, G: torch.Tensor, *params) -> tuple:
+        """Key of a Gram-derived value: the tensor's identity and version (an in-place change misses)."""
+        return (what, id(G), G._version, *params)
 
     def iteration(self, record: dict) -> None:
         if self.on_iter is not None:

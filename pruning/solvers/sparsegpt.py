@@ -27,11 +27,9 @@ _MAX_DAMP_RAISES = 8
 _SUB_BLOCK = 16  # columns per inner sub-block of the sweep (same result; fewer bytes touched per column)
 
 
-def damped_inverse_cholesky(H: torch.Tensor, damping: float, ctx: SolveContext, what: str = "sparsegpt") -> tuple[torch.Tensor, float]:
-    """Upper Cholesky factor of (H + λI)⁻¹, λ = damping·mean(diag H), raising λ ×10 until H is PD.
-
-    Returns (U, damping actually used).
-    """
+def _damped_factor(H: torch.Tensor, damping: float, what: str) -> tuple[torch.Tensor, float, str | None]:
+    """(U, damping used, warning or None): U = upper Cholesky factor of (H + λI)⁻¹, λ = damping·mean(diag H),
+    λ raised ×10 until H + λI is positive definite."""
     d = H.shape[0]
     mean_diag = torch.diagonal(H).mean()
     eye = torch.eye(d, dtype=H.dtype, device=H.device)
@@ -42,21 +40,56 @@ def damped_inverse_cholesky(H: torch.Tensor, damping: float, ctx: SolveContext, 
             Hinv = torch.cholesky_inverse(L)
             U, info2 = torch.linalg.cholesky_ex(Hinv, upper=True)
             if int(info2) == 0 and bool(torch.isfinite(U).all()):
-                if attempt:
-                    ctx.warn(f"{what}: Cholesky failed at damping {damping:g}; succeeded at {damp:g}")
-                return U, damp
+                msg = f"{what}: Cholesky failed at damping {damping:g}; succeeded at {damp:g}" if attempt else None
+                return U, damp, msg
         damp = damp * 10 if damp > 0 else 1e-6
     raise NumericalError(f"{what}: Gram matrix not positive definite even with damping {damp:g}")
+
+
+def damped_inverse_cholesky(H: torch.Tensor, damping: float, ctx: SolveContext, what: str = "sparsegpt") -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor of (H + λI)⁻¹, λ = damping·mean(diag H), raising λ ×10 until H is PD.
+
+    Returns (U, damping actually used); a raise is reported through ``ctx.warn``.
+    """
+    U, damp, msg = _damped_factor(H, damping, what)
+    if msg:
+        ctx.warn(msg)
+    return U, damp
+
+
+def _dead(G: torch.Tensor) -> torch.Tensor:
+    return torch.diagonal(G) == 0
 
 
 def _prepare(W: torch.Tensor, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     W = W.clone()
     H = G.clone()
-    dead = torch.diagonal(H) == 0
+    dead = _dead(H)
     if bool(dead.any()):
         H[dead, dead] = 1.0
         W[:, dead] = 0.0
     return W, H
+
+
+def _factor(p: LayerProblem, damping: float, ctx: SolveContext, what: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(W with dead input columns zeroed, U, damping used). U depends on the Gram only, so layers that share
+    one (q/k/v, gate/up) share U through ``ctx.memo``: one factorisation per distinct input, same numbers."""
+    key = SolveContext.gram_key("sparsegpt.U", p.G, float(damping))
+    hit = ctx.memo.get(key) if ctx.memo is not None else None
+    if hit is None:
+        W, H = _prepare(p.W, p.G)
+        hit = _damped_factor(H, damping, what)
+        if ctx.memo is not None:
+            ctx.memo[key] = hit
+    else:
+        W = p.W.clone()
+        dead = _dead(p.G)
+        if bool(dead.any()):
+            W[:, dead] = 0.0
+    U, damp, msg = hit
+    if msg:
+        ctx.warn(msg)
+    return W, U, damp
 
 
 def _budget(total: int, start: int, end: int, sparsity: float) -> int:
@@ -152,8 +185,7 @@ SPARSEGPT_OPTIONS = (
     reference="IST-DASLab/sparsegpt sparsegpt.py:fasterprune",
 )
 def sparsegpt(p: LayerProblem, pattern: Pattern, sparsity: float, opts: dict, ctx: SolveContext) -> SolverOutput:
-    W, H = _prepare(p.W, p.G)
-    U, damp = damped_inverse_cholesky(H, opts["damping"], ctx)
+    W, U, damp = _factor(p, opts["damping"], ctx, "sparsegpt")
     Wn, keep, loss = obs_sweep(W, U, pattern, sparsity, int(opts["blocksize"]))
     _check_finite(Wn, "sparsegpt")
     return SolverOutput(weight=Wn, mask=keep, info={"damping_used": damp, "obs_loss": loss})
@@ -167,8 +199,7 @@ def sparsegpt(p: LayerProblem, pattern: Pattern, sparsity: float, opts: dict, ct
     summary="SparseGPT's sequential OBS compensation on a given (fixed) mask.",
 )
 def sparsegpt_update(p: LayerProblem, keep: torch.Tensor, opts: dict, ctx: SolveContext) -> SolverOutput:
-    W, H = _prepare(p.W, p.G)
-    U, damp = damped_inverse_cholesky(H, opts["damping"], ctx)
+    W, U, damp = _factor(p, opts["damping"], ctx, "sparsegpt update")
     Wn, keep, loss = obs_sweep(W, U, None, 0.0, int(opts["blocksize"]), fixed_keep=keep.clone())
     _check_finite(Wn, "sparsegpt update")
     return SolverOutput(weight=Wn, mask=keep, info={"damping_used": damp, "obs_loss": loss})
