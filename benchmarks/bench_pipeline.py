@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import functools
 import json
 import platform
 import sys
@@ -54,11 +53,12 @@ def cpu_description() -> str:
 @contextlib.contextmanager
 def reference_style():
     """Our pipeline with the reference code's cost structure: one Gram per linear (q, k, v and gate, up each their
-    own) and full Xᵀ X products (no symmetric half). Use with batch_size=1 for "the same forwards at batch 1"."""
+    own), full Xᵀ X products (no symmetric half) and a whole dense block forward in the statistics pass (its
+    outputs unused). Use with batch_size=1 for "the same forwards at batch 1"."""
     from pruning import pipeline as pl
 
     orig, block = pl.collect_grams, pl._SYRK_BLOCK
-    pl.collect_grams = functools.partial(orig, share=False)
+    pl.collect_grams = lambda *a, **kw: orig(*a, **{**kw, "share": False, "need_outputs": True})
     pl._SYRK_BLOCK = 1 << 30
     try:
         yield
@@ -87,7 +87,7 @@ def main() -> None:
     rows = []
     print(f"device {dev} dtype {next(model.parameters()).dtype} threads {torch.get_num_threads()} "
           f"calibration {a.nsamples}×{a.seqlen}; floor (capture + 2 block passes) {floor:.2f}s")
-    hdr = f"{'solver':<11}{'batch':>6}{'capture':>9}{'calib fwd':>10}{'stats':>8}{'solve':>8}{'propag':>8}{'total':>8}{'floor+solve':>12}{'ratio':>7}"
+    hdr = f"{'solver':<11}{'batch':>6}{'floor':>7}{'capture':>9}{'calib fwd':>10}{'stats':>8}{'solve':>8}{'propag':>8}{'total':>8}{'floor+solve':>12}{'ratio':>7}"
     print(hdr)
     for solver in [s for s in a.solvers.split(",") if s]:
         runs = [(a.batch_size, False)]
@@ -95,16 +95,20 @@ def main() -> None:
             runs += [(1, False), (1, True)]
         for bs, ref in runs:
             cfg = PruneConfig(solver=solver, sparsity=0.5, batch_size=bs, calib=CalibConfig(nsamples=a.nsamples, seqlen=a.seqlen))
+            # the floor again, right before this row: the machine's speed drifts by ±15 % over minutes, and a ratio
+            # against a floor measured ten minutes earlier would measure the drift
+            fl = floor_seconds(model, windows, a.batch_size)
             m = copy.deepcopy(model)
             with reference_style() if ref else contextlib.nullcontext():
                 rep = prune_model(m, tok, cfg, windows=windows)
             t = rep["timings"]
-            ratio = t["total"] / (floor + t["solve"])
-            row = {"solver": solver, "batch_size": bs, "reference_style": ref, **t, "floor": floor, "ratio_to_floor_plus_solve": ratio}
+            ratio = t["total"] / (fl + t["solve"])
+            row = {"solver": solver, "batch_size": bs, "reference_style": ref, **t, "floor": fl, "floor_at_start": floor,
+                   "ratio_to_floor_plus_solve": ratio}
             rows.append(row)
             label = solver + (" (ref)" if ref else "")
-            print(f"{label:<11}{bs:>6}{t['capture']:>9.2f}{t['calibration_forward']:>10.2f}{t['statistics']:>8.2f}{t['solve']:>8.2f}"
-                  f"{t['propagate']:>8.2f}{t['total']:>8.2f}{floor + t['solve']:>12.2f}{ratio:>7.2f}", flush=True)
+            print(f"{label:<11}{bs:>6}{fl:>7.2f}{t['capture']:>9.2f}{t['calibration_forward']:>10.2f}{t['statistics']:>8.2f}{t['solve']:>8.2f}"
+                  f"{t['propagate']:>8.2f}{t['total']:>8.2f}{fl + t['solve']:>12.2f}{ratio:>7.2f}", flush=True)
             del m
     b8 = [r for r in rows if r["solver"] == "sparsegpt" and r["batch_size"] == a.batch_size]
     b1 = [r for r in rows if r["solver"] == "sparsegpt" and r["batch_size"] == 1 and not r["reference_style"]]

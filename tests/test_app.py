@@ -251,6 +251,8 @@ def test_plots_from_plain_records():
     wanda = next(tr for tr in t.data if tr.name == "wanda · unstructured")
     assert list(wanda.x) == [0.5, 0.7] and list(wanda.y) == [20, 60]
     assert next(tr for tr in t.data if "precomputed" in tr.name).marker.symbol == "circle-open"
+    lo, hi = t.layout.xaxis.range  # the swept range with a margin, so close sparsities stay apart
+    assert lo < 0.5 and hi > 0.7 and hi - lo < 0.4
     assert len(plots.overlay_figure(runs[0], runs[2]).data) == 2
     assert plots.tradeoff_figure([]).layout.annotations  # an explicit "no runs" message, not a blank axis
 

@@ -125,6 +125,8 @@ def tradeoff_figure(runs: list[dict], title: str | None = "Perplexity vs sparsit
     groups: dict[tuple, list[dict]] = {}
     for r in pts:
         groups.setdefault(_series_key(r), []).append(r)
+    xs = [float(r.get("sparsity", 0)) for r in pts]
+    lo, hi = max(0.0, min(xs) - 0.05), min(1.0, max(xs) + 0.05)  # the swept range, not all of [0, 1]
     fig = go.Figure()
     for (solver, pattern, pre), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: float(r.get("sparsity", 0)))
@@ -143,9 +145,9 @@ def tradeoff_figure(runs: list[dict], title: str | None = "Perplexity vs sparsit
     # dense perplexities as dotted lines (traces, not annotated shapes: annotations on a log axis take log10 units)
     dense = sorted({round(d, 3) for d in (_ppl(r, "dense") for r in pts) if d is not None})
     for d in dense[:3]:
-        fig.add_trace(go.Scatter(x=[0, 1], y=[d, d], mode="lines", name=f"dense {d:.2f}",
+        fig.add_trace(go.Scatter(x=[lo, hi], y=[d, d], mode="lines", name=f"dense {d:.2f}",
                                  line=dict(color="#868e96", dash="dot", width=1.2), hovertemplate=f"dense ppl {d:.3f}<extra></extra>"))
-    fig.update_xaxes(title="sparsity", tickformat=".0%", range=[-0.02, 1.0])
+    fig.update_xaxes(title="sparsity", tickformat=".0%", range=[lo - 0.01, hi + 0.01])
     fig.update_yaxes(title="perplexity (log)", type="log")
     return _layout(fig, title, height)
 
