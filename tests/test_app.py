@@ -191,7 +191,8 @@ def test_sweep_runs_table_and_estimate(app):
     mine = [r for r in rows if r["model"] == app.small and r["solver"] in ("magnitude", "wanda")]
     assert {(r["solver"], r["pattern"]) for r in mine} >= {("magnitude", "2:4"), ("wanda", "unstructured")}
     names = [t["name"] for t in json.loads(fig["plot"])["data"]]
-    assert any("precomputed" in n for n in names) and any(n.startswith("wanda · 2:4") for n in names)
+    groups = {t.get("legendgroup") for t in json.loads(fig["plot"])["data"]}
+    assert {"precomputed", "runs"} <= groups and any(n.startswith("wanda · 2:4") for n in names)
     assert client.predict(_tiny_cfg(app.small), api_name="/estimate") > 0
     with pytest.raises(Exception, match="sparsities"):
         client.predict(app.small, ["wanda"], ["unstructured"], "abc", 2, 64, 2, 64, ["none"], api_name="/sweep")
@@ -245,12 +246,14 @@ def test_plots_from_plain_records():
                                             "precomputed": pre}
     runs = [run("wanda", 0.5, 20), run("wanda", 0.7, 60), run("sparsegpt", 0.5, 15), run("sparsegpt", 0.5, 16, True)]
     t = plots.tradeoff_figure(runs)
-    names = sorted(tr.name for tr in t.data)
-    assert names == ["dense 10.00", "sparsegpt · unstructured", "sparsegpt · unstructured (precomputed)", "wanda · unstructured"]
+    names = sorted((tr.legendgroup, tr.name) for tr in t.data)  # precomputed results get their own legend group
+    assert names == [("dense", "dense 10.00"), ("precomputed", "sparsegpt · unstructured"), ("runs", "sparsegpt · unstructured"),
+                     ("runs", "wanda · unstructured")]
     assert not t.layout.annotations  # nothing placed in data units on the log axis
     wanda = next(tr for tr in t.data if tr.name == "wanda · unstructured")
     assert list(wanda.x) == [0.5, 0.7] and list(wanda.y) == [20, 60]
-    assert next(tr for tr in t.data if "precomputed" in tr.name).marker.symbol == "circle-open"
+    pre = next(tr for tr in t.data if tr.legendgroup == "precomputed")
+    assert pre.marker.symbol == "circle-open" and "(precomputed)" in pre.hovertemplate
     lo, hi = t.layout.xaxis.range  # the swept range with a margin, so close sparsities stay apart
     assert lo < 0.5 and hi > 0.7 and hi - lo < 0.4
     assert len(plots.overlay_figure(runs[0], runs[2]).data) == 2

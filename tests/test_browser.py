@@ -190,3 +190,66 @@ def test_screenshots_real_model(browser, tmp_path):
         demo.close()
     assert seen["points_done"] == 30 * 7
     assert seen["lab_traces"] >= 2
+
+
+def _start_job(page, url: str, model: str, solver: str, options: dict | None = None, calib=(2, 64), evals=(2, 64)) -> None:
+    """Fill the Prune form of a fresh page and press Run (does not wait for the job)."""
+    page.goto(url)
+    page.wait_for_selector("#layer-plot .js-plotly-plot", timeout=60_000)
+    model_box = _visible(page.get_by_label("Model", exact=True))
+    model_box.fill(model)
+    model_box.press("Enter")
+    sb = _visible(page.get_by_label("Solver", exact=True))
+    sb.fill(solver)
+    sb.press("Enter")
+    if options:
+        _open_accordion(page, "Solver options", next(iter(options)))
+        for label, value in options.items():
+            _set_number(page, label, value)
+    _open_accordion(page, "Calibration and evaluation", "Calibration windows")
+    _set_number(page, "Calibration windows", calib[0])
+    _set_number(page, "Tokens per window", calib[1])
+    _set_number(page, "Eval windows (0 = all)", evals[0])
+    _set_number(page, "Eval tokens per window", evals[1])
+    page.wait_for_timeout(1500)  # the live config catches up (trigger_mode=always_last)
+    page.get_by_role("button", name="▶ Run").click()
+
+
+def _state(page) -> str:
+    return page.evaluate("(document.querySelector('#progress .pl-progress') || {dataset: {}}).dataset.state || ''")
+
+
+def test_two_tabs_queue_and_cancel_in_browser(browser, tmp_path):
+    """Two browser tabs: the second job waits with its queue position shown; Cancel in the first tab stops its job at
+    the next layer and says so (the chart keeps the layers done so far); then the second tab's job runs to the end."""
+    tiny = tmp_path / "tiny-deep"
+    save_pretrained(*tiny_model("llama", seed=0, num_hidden_layers=12), tiny)  # 84 layers: SparseFW takes a while
+    demo, runner, url = _launch(tmp_path)
+    a = browser.new_page(viewport={"width": 1440, "height": 1000})
+    b = browser.new_page(viewport={"width": 1440, "height": 1000})
+    try:
+        _start_job(a, url, str(tiny), "sparsefw", {"iters": 20000})
+        a.wait_for_function("document.querySelectorAll('#layer-plot .js-plotly-plot .point').length >= 1", timeout=120_000)
+        assert _state(a) == "running"
+        _start_job(b, url, str(tiny), "magnitude")
+        b.wait_for_function("document.querySelector('#progress .pl-progress[data-state=\"queued\"]') !== null", timeout=60_000)
+        queued_text = b.locator("#progress").inner_text()
+        _visible(a.get_by_role("button", name="■ Cancel")).click()
+        a.wait_for_selector('#progress .pl-progress[data-state="cancelled"]', timeout=60_000)
+        a.wait_for_timeout(800)
+        cancelled_text = a.locator("#progress").inner_text()
+        bars_a = a.evaluate("document.querySelectorAll('#layer-plot .js-plotly-plot .point').length")
+        b.wait_for_selector('#progress .pl-progress[data-state="done"]', timeout=120_000)
+        b.wait_for_timeout(800)
+        bars_b = b.evaluate("document.querySelectorAll('#layer-plot .js-plotly-plot .point').length")
+        b.screenshot(path=str(tmp_path / "second-tab.png"), full_page=False)
+        a.screenshot(path=str(tmp_path / "cancelled.png"), full_page=False)
+    finally:
+        a.close()
+        b.close()
+        runner.shutdown()
+        demo.close()
+    assert "position 1 in the queue" in queued_text
+    assert "Cancelled" in cancelled_text and "untouched" in cancelled_text
+    assert 1 <= bars_a < 12 * 7  # stopped part-way; the layers solved before the cancel stay on the chart
+    assert bars_b == 12 * 7  # the other tab's job was not disturbed

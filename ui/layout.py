@@ -236,13 +236,14 @@ def _compare_tab(c: Controls) -> None:
         c.cmp_model = gr.Dropdown(choices=["all models"], value="all models", label="Model", scale=3)
         c.cmp_precomputed = gr.Checkbox(value=True, label="Include precomputed results", scale=2)
         c.cmp_refresh = gr.Button("↻ Refresh", scale=1)
+    # full width: one legend entry per solver × pattern sits to the right of the curves, not under them
+    c.tradeoff_plot = gr.Plot(plots.tradeoff_figure([]), show_label=False, elem_id="tradeoff-plot")
     with gr.Row(equal_height=False):
-        with gr.Column(scale=1, min_width=420):
-            c.tradeoff_plot = gr.Plot(plots.tradeoff_figure([]), show_label=False, elem_id="tradeoff-plot")
-        with gr.Column(scale=1, min_width=420):
-            with gr.Row():
-                c.run_a = gr.Dropdown(label="Run A", choices=[], allow_custom_value=True, scale=1)
-                c.run_b = gr.Dropdown(label="Run B", choices=[], allow_custom_value=True, scale=1)
+        with gr.Column(scale=1, min_width=260):
+            c.run_a = gr.Dropdown(label="Run A", choices=[], allow_custom_value=True)
+            c.run_b = gr.Dropdown(label="Run B", choices=[], allow_custom_value=True)
+            gr.Markdown("Pick two runs to overlay their per-layer errors (layers in pipeline order).", elem_classes="pl-muted")
+        with gr.Column(scale=3, min_width=480):
             c.overlay_plot = gr.Plot(plots.overlay_figure(None, None), show_label=False)
     c.runs_table = gr.Dataframe(interactive=False, max_height=330, show_label=False, show_search="filter")
     with gr.Accordion("Sweep launcher: solvers × patterns × sparsities", open=True):

@@ -22,6 +22,8 @@ PROJ_COLORS = {
 PALETTE = ("#4C78A8", "#F58518", "#E45756", "#72B7B2", "#54A24B", "#EECA3B", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC")
 SOLVER_COLORS = {"magnitude": "#9D755D", "wanda": "#F58518", "ria": "#FF9DA6", "sparsegpt": "#4C78A8",
                  "admm": "#E45756", "sparsefw": "#54A24B", "sparsellm": "#B279A2"}
+PRECOMPUTED_GROUP = "precomputed (SmolLM2 sweep, hollow)"
+RUNS_GROUP = "runs on this server"
 PATTERN_DASH = {"unstructured": "solid", "per-row": "dot", "2:4": "dash", "4:8": "dashdot"}
 MASK_COLORS = ("#f1f3f5", "#bac8ff", "#e8590c", "#12b886")  # pruned both, kept both, kept A only, kept B only
 KEPT_A, KEPT_B = 2, 3
@@ -117,7 +119,7 @@ def _ppl(run: dict, which: str) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def tradeoff_figure(runs: list[dict], title: str | None = "Perplexity vs sparsity", height: int = 420) -> go.Figure:
+def tradeoff_figure(runs: list[dict], title: str | None = "Perplexity vs sparsity", height: int = 480) -> go.Figure:
     """One line per (solver, pattern); dashed/hollow for precomputed results; dense perplexity as a dotted line."""
     pts = [r for r in runs if _ppl(r, "pruned") is not None]
     if not pts:
@@ -128,28 +130,32 @@ def tradeoff_figure(runs: list[dict], title: str | None = "Perplexity vs sparsit
     xs = [float(r.get("sparsity", 0)) for r in pts]
     lo, hi = max(0.0, min(xs) - 0.05), min(1.0, max(xs) + 0.05)  # the swept range, not all of [0, 1]
     fig = go.Figure()
-    for (solver, pattern, pre), rs in sorted(groups.items()):
+    for (solver, pattern, pre), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][:2])):  # your runs first
         rs = sorted(rs, key=lambda r: float(r.get("sparsity", 0)))
         base = solver.split("+")[0]
         fig.add_trace(go.Scatter(
             x=[float(r.get("sparsity", 0)) for r in rs], y=[_ppl(r, "pruned") for r in rs],
-            mode="lines+markers", name=f"{solver} · {pattern}" + (" (precomputed)" if pre else ""),
+            mode="lines+markers", name=f"{solver} · {pattern}",
+            legendgroup="precomputed" if pre else "runs", legendgrouptitle_text=PRECOMPUTED_GROUP if pre else RUNS_GROUP,
             line=dict(color=SOLVER_COLORS.get(base, PALETTE[hash(base) % len(PALETTE)]),
                       dash=PATTERN_DASH.get(pattern, "longdash"), width=2),
             marker=dict(size=9, symbol="circle-open" if pre else "circle", line=dict(width=2)),
             customdata=[[r.get("model", {}).get("id", ""), _ppl(r, "dense") or float("nan"),
                          (r.get("config", {}).get("calib") or {}).get("nsamples", ""),
                          (r.get("config", {}).get("calib") or {}).get("seqlen", "")] for r in rs],
-            hovertemplate="%{fullData.name}<br>sparsity %{x:.1%}<br>ppl %{y:.3f} (dense %{customdata[1]:.3f})"
+            hovertemplate="%{fullData.name}" + (" (precomputed)" if pre else "") + "<br>sparsity %{x:.1%}<br>ppl %{y:.3f} (dense %{customdata[1]:.3f})"
                           "<br>%{customdata[0]} · calib %{customdata[2]}×%{customdata[3]}<extra></extra>"))
     # dense perplexities as dotted lines (traces, not annotated shapes: annotations on a log axis take log10 units)
     dense = sorted({round(d, 3) for d in (_ppl(r, "dense") for r in pts) if d is not None})
     for d in dense[:3]:
-        fig.add_trace(go.Scatter(x=[lo, hi], y=[d, d], mode="lines", name=f"dense {d:.2f}",
+        fig.add_trace(go.Scatter(x=[lo, hi], y=[d, d], mode="lines", name=f"dense {d:.2f}", legendgroup="dense",
+                                 legendgrouptitle_text="dense model",
                                  line=dict(color="#868e96", dash="dot", width=1.2), hovertemplate=f"dense ppl {d:.3f}<extra></extra>"))
     fig.update_xaxes(title="sparsity", tickformat=".0%", range=[lo - 0.01, hi + 0.01])
     fig.update_yaxes(title="perplexity (log)", type="log")
-    return _layout(fig, title, height)
+    legend = dict(orientation="v", yanchor="top", y=1, xanchor="left", x=1.01, font=dict(size=11), groupclick="toggleitem",
+                  tracegroupgap=6)  # beside the curves: a sweep has many series
+    return _layout(fig, title, height, legend=legend, margin=dict(l=64, r=16, t=44 if title else 16, b=48))
 
 
 def overlay_figure(run_a: dict | None, run_b: dict | None, height: int = 380) -> go.Figure:
