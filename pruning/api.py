@@ -207,8 +207,9 @@ def _loaded(config: PruneConfig):
     """(model, device, dtype) of the config if ``get_model`` already holds it, else (None, device, dtype)."""
     dev = resolve_device(config.device)
     dt = resolve_dtype(config.dtype, dev)
-    with _LOCK:
-        hit = _MODELS.get((config.model, str(dev), str(dt)))
+    # no _LOCK: get_model holds it for a whole load (the first conversion of the embedded model takes ~30 s), and an
+    # estimate must not wait for that; a dict lookup is atomic, and a model still loading is simply not there yet
+    hit = _MODELS.get((config.model, str(dev), str(dt)))
     return (hit[0] if hit else None), dev, dt
 
 

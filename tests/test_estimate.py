@@ -61,3 +61,19 @@ def test_model_shape_of_a_loaded_model(tiny_llama):
     s = estimate.model_shape(model)
     assert s["n_blocks"] == 2 and len(s["linears"]) == 7 and s["vocab"] == model.get_input_embeddings().weight.shape[0]
     assert all(isinstance(x, int) for x in s["gram_widths"])
+
+
+def test_estimate_does_not_wait_for_a_model_load():
+    """The page asks for an estimate on first visit while another event loads (first time: converts) the model under
+    api._LOCK; the estimate must come back at once, not after the load."""
+    import threading
+
+    from pruning import api
+
+    estimate.machine_rates("cpu")  # measured once per process; not what this test times
+    result = []
+    with api._LOCK:  # what get_model holds during a load
+        t = threading.Thread(target=lambda: result.append(api.estimate_seconds(PruneConfig(device="cpu"))), daemon=True)
+        t.start()
+        t.join(timeout=20)
+        assert result and result[0] > 0, "estimate_seconds blocked on the model-loading lock"
