@@ -241,6 +241,12 @@ def test_plots_from_plain_records():
     assert [t.name for t in fig.data] == ["q_proj", "k_proj", "down_proj"]
     assert len({t.marker.color for t in fig.data}) == 3 and list(fig.data[0].x) == [0, 1, 2]
     assert tuple(fig.layout.xaxis.range) == (-0.5, 29.5) and fig.layout.barmode == "group"
+    # the live chart is built without plotly's validation (speed): every property must still be valid, same JSON
+    import plotly.graph_objects as go
+
+    checked = go.Figure(fig.to_plotly_json())  # validated construction: raises on an invalid property or value
+    assert json.loads(checked.to_json()) == json.loads(fig.to_json())
+    assert fig.layout.template.layout.plot_bgcolor == "white"  # plotly_white resolved, not a bare name
     run = lambda solver, s, ppl, pre=False: {"config": {"solver": solver, "pattern": "unstructured", "update": "none"},  # noqa: E731
                                             "sparsity": s, "perplexity": {"dense": 10.0, "pruned": ppl}, "layers": layers,
                                             "precomputed": pre}

@@ -28,7 +28,7 @@ from pruning.jobs import JobRunner
 
 from . import plots, render
 
-YIELD_EVERY = 0.25  # s between streamed UI updates while layers finish (bursts are coalesced)
+YIELD_EVERY = 1.0  # s between streamed UI updates while layers finish (bursts are coalesced; each update costs the job CPU)
 MAX_SWEEP = 48
 SWEEP_OWNER = "/sweep"
 PATTERN_CHOICES = ["unstructured", "per-row", "2:4", "4:8"]

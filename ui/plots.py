@@ -5,10 +5,12 @@ from the cached data whenever needed (STYLE.md §2.11, §2.13).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable
 
 import plotly.graph_objects as go
+import plotly.io as pio
 
 TEMPLATE = "plotly_white"
 FONT = dict(family="Inter, ui-sans-serif, system-ui, -apple-system, Segoe UI, sans-serif", size=12)
@@ -37,6 +39,23 @@ def _layout(fig: go.Figure, title: str | None = None, height: int = 380, **kw) -
     base.update({k: v for k, v in kw.items() if v is not None})
     fig.update_layout(**base)
     return fig
+
+
+@functools.lru_cache(maxsize=None)
+def _template_json() -> dict:
+    return pio.templates[TEMPLATE].to_plotly_json()
+
+
+def _unvalidated(data: list[dict], layout: dict, title: str | None, height: int) -> go.Figure:
+    """A figure from plain trace/layout dicts without plotly's per-property validation (which costs 60-130 ms for the
+    live layer chart, rebuilt several times a second while a job runs, under the GIL the job's thread needs). Same
+    JSON as the validated build with ``_layout`` (tested); only for figures whose dicts are written here."""
+    lay = dict(template=_template_json(), font=FONT, height=height, margin=dict(l=64, r=24, t=44 if title else 16, b=40),
+               legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0, font=dict(size=11)),
+               hoverlabel=dict(font=dict(size=12)), showlegend=True, **layout)
+    if title:
+        lay["title"] = dict(text=title, x=0.01, xanchor="left", font=dict(size=15))
+    return go.Figure(dict(data=data, layout=lay), _validate=False)
 
 
 def empty_figure(message: str = "Nothing to show yet", height: int = 300) -> go.Figure:
@@ -83,19 +102,22 @@ def layer_error_figure(layers: list[dict], n_blocks: int | None = None, title: s
         return empty_figure("Per-layer errors appear here as each layer is pruned", height=height)
     names = _ordered_names(layers)
     colors = projection_colors(names)
-    fig = go.Figure()
+    data = []
     for n in names:
         rows = [l for l in layers if l["name"] == n]
-        fig.add_trace(go.Bar(
-            x=[l["block"] for l in rows], y=[l["rel_error"] for l in rows], name=_short(n), marker_color=colors[n],
+        data.append(dict(
+            type="bar", x=[l["block"] for l in rows], y=[float(l["rel_error"]) for l in rows], name=_short(n),
+            marker=dict(color=colors[n]),
             customdata=[[l.get("sparsity", float("nan")), l.get("seconds", float("nan"))] for l in rows],
             hovertemplate=f"block %{{x}} · {n}<br>rel. error %{{y:.4g}}<br>sparsity %{{customdata[0]:.1%}}"
                           "<br>%{customdata[1]:.2f} s<extra></extra>"))
     nb = n_blocks or (max(l["block"] for l in layers) + 1)
-    fig.update_layout(barmode="group", bargap=0.15, bargroupgap=0.05)
-    fig.update_xaxes(title="block", range=[-0.5, nb - 0.5], dtick=1 if nb <= 32 else None)
-    fig.update_yaxes(title="relative error", type="log" if log_y else "linear", rangemode="tozero")
-    return _layout(fig, title, height)
+    xaxis = dict(title=dict(text="block"), range=[-0.5, nb - 0.5])
+    if nb <= 32:
+        xaxis["dtick"] = 1
+    yaxis = dict(title=dict(text="relative error"), type="log" if log_y else "linear", rangemode="tozero")
+    # rebuilt several times a second while a job runs: built from plain dicts, without plotly's validation
+    return _unvalidated(data, dict(barmode="group", bargap=0.15, bargroupgap=0.05, xaxis=xaxis, yaxis=yaxis), title, height)
 
 
 def run_label(run: dict) -> str:
