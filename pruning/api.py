@@ -226,6 +226,17 @@ def estimate_seconds(config: PruneConfig, device: str | None = None) -> float:
     return estimate.estimate_seconds(config, shape, str(dev), dt)
 
 
+def measure_machine(device: str = "auto", dtype: str = "auto") -> None:
+    """Measure this machine's rates for ``estimate_seconds`` now (~0.3 s), e.g. at server start while the process is
+    idle: a first measurement taken while a page view loads the model would be too slow."""
+    from . import estimate
+    from .solvers import sparsefw
+
+    dev = resolve_device(device)
+    estimate.machine_rates(str(dev), resolve_dtype(dtype, dev))
+    sparsefw.device_rates(str(dev))  # its own cost model (per-iteration primitives)
+
+
 def _observe(config: PruneConfig, model, timings: dict) -> None:
     from . import estimate
 

@@ -20,6 +20,37 @@ def test_rates_are_measured_once_and_positive():
     assert min(r.mm, r.mm_fwd, r.mm64, r.select, r.ew) > 0 and 0 < r.op < 0.01
 
 
+def test_rates_measured_under_load_do_not_stick(monkeypatch):
+    """A first measurement on a busy machine (e.g. while the app loads the model) is replaced by better ones later."""
+    key = ("estimate", "cpu", str(torch.float64))  # a key no other test uses
+    estimate._RATES.pop(key, None)
+    slow = estimate.Rates(mm=1e9, mm_fwd=1e9, mm64=5e8, select=1e7, op=1e-4, ew=1e8)
+    fast = estimate.Rates(mm=8e10, mm_fwd=8e10, mm64=4e10, select=5e8, op=5e-6, ew=4e9)
+    calls = []
+    monkeypatch.setattr(estimate, "_measure", lambda dev, dt: calls.append(1) or (slow if len(calls) == 1 else fast))
+    assert estimate.machine_rates("cpu", torch.float64) == slow
+    assert estimate.machine_rates("cpu", torch.float64) == slow and len(calls) == 1  # not again right away
+    monkeypatch.setattr(estimate, "_REMEASURE_S", 0.0)
+    assert estimate.machine_rates("cpu", torch.float64) == fast and len(calls) == 2  # later: measured again, best kept
+    monkeypatch.setattr(estimate, "_measure", lambda dev, dt: calls.append(1) or slow)
+    assert estimate.machine_rates("cpu", torch.float64) == fast  # a worse reading never replaces a better one
+    for _ in range(10):
+        estimate.machine_rates("cpu", torch.float64)
+    assert len(calls) == estimate._MAX_MEASURES  # and it stops measuring after a few
+    estimate._RATES.pop(key, None)
+
+
+def test_rates_stay_fixed_once_a_run_corrected_the_estimate(monkeypatch):
+    """observe() stores measured / modelled ratios: rates changing afterwards would silently rescale them."""
+    cfg = PruneConfig(solver="magnitude")
+    estimate.observe(cfg, {"calibration_forward": 10.0, "propagate": 10.0, "statistics": 5.0, "solve": 2.0,
+                           "pruned_eval": 10.0, "generate": 3.0})
+    before = estimate.estimate_seconds(cfg)
+    monkeypatch.setattr(estimate, "_REMEASURE_S", 0.0)
+    monkeypatch.setattr(estimate, "_measure", lambda dev, dt: pytest.fail("rates measured again after a run was observed"))
+    assert estimate.estimate_seconds(cfg) == before
+
+
 def test_estimate_follows_the_config():
     base = estimate.estimate_seconds(PruneConfig(solver="sparsegpt"))
     assert base > 1

@@ -42,6 +42,13 @@ def build_app(runner: JobRunner | None = None, store: ResultStore | None = None,
     return c.demo
 
 
+def warm_up() -> None:
+    """Measure the machine for the time estimate while the server process is still idle (~0.4 s; call before launch)."""
+    from pruning.api import measure_machine
+
+    measure_machine()
+
+
 def launch_kwargs() -> dict:
     """theme/css (Gradio 6 takes them in launch) plus host and port from the environment."""
     return {
@@ -52,4 +59,4 @@ def launch_kwargs() -> dict:
     }
 
 
-__all__ = ["build_app", "launch_kwargs", "GPU"]
+__all__ = ["build_app", "launch_kwargs", "warm_up", "GPU"]

@@ -81,5 +81,7 @@ def wire(c: Controls, h: Handlers) -> None:
 
         # --- first visit: fill the Compare tab and the lab's pickers -----------------------------------------
         c.demo.load(h.compare, [c.cmp_model, c.cmp_precomputed], compare_out, api_visibility="private", show_progress="hidden")
-        c.demo.load(h.lab_model, c.lab_model, [c.lab_block, c.lab_proj], api_visibility="private", show_progress="hidden")
-        c.demo.load(h.preview, form, [c.config_json, c.estimate], api_visibility="private", show_progress="hidden")
+        # the estimate first: its first call measures the machine's rates, which must not run while the model loads
+        # (or converts, on a fresh machine) for the lab's pickers
+        c.demo.load(h.preview, form, [c.config_json, c.estimate], api_visibility="private", show_progress="hidden") \
+            .then(h.lab_model, c.lab_model, [c.lab_block, c.lab_proj], api_visibility="private", show_progress="hidden")
