@@ -46,8 +46,9 @@ def browser():
 
 
 def _launch(tmp: Path, precomputed: Path | None = None):
-    from ui import build_app, launch_kwargs
+    from ui import build_app, launch_kwargs, warm_up
 
+    warm_up()  # as app.py does before launch
     store = ResultStore(tmp / "cache")
     runner = JobRunner(store=store)
     demo = build_app(runner=runner, store=store, precomputed_dir=precomputed)
