@@ -50,10 +50,10 @@ from pathlib import Path
 
 import torch
 
-from .models import _hub_offline, _hub_reachable, cache_dir
+from .models import GENSIM_VERSION, _hub_offline, _hub_reachable, cache_dir
 
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-WIKI_INSTALL = "pip install --no-deps gensim==4.4.0 && pip install mwparserfromhell==0.7.2"
+WIKI_INSTALL = f"pip install --no-deps gensim=={GENSIM_VERSION} && pip install mwparserfromhell==0.7.2"
 WIKI_ARTICLES = 94  # expected article count of the conversion (assets.md §2)
 WIKI_MD5 = "64daeb97a08757c5ae5af1d68ffed4cc"  # md5 of assets.md's reference conversion (ours differs slightly)
 WIKI_CONVERSION_VERSION = 1

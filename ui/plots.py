@@ -31,11 +31,16 @@ MASK_COLORS = ("#f1f3f5", "#bac8ff", "#e8590c", "#12b886")  # pruned both, kept 
 KEPT_A, KEPT_B = 2, 3
 
 
-def _layout(fig: go.Figure, title: str | None = None, height: int = 380, **kw) -> go.Figure:
-    base = dict(template=TEMPLATE, font=FONT, height=height, margin=dict(l=64, r=24, t=44 if title else 16, b=40),
+def _base_layout(title: str | None, height: int) -> dict:
+    """The layout every figure shares (plain dicts)."""
+    return dict(template=TEMPLATE, font=FONT, height=height, margin=dict(l=64, r=24, t=44 if title else 16, b=40),
                 title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)) if title else None,
                 legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0, font=dict(size=11)),
-                hoverlabel=dict(font_size=12), showlegend=True)
+                hoverlabel=dict(font=dict(size=12)), showlegend=True)
+
+
+def _layout(fig: go.Figure, title: str | None = None, height: int = 380, **kw) -> go.Figure:
+    base = _base_layout(title, height)
     base.update({k: v for k, v in kw.items() if v is not None})
     fig.update_layout(**base)
     return fig
@@ -49,12 +54,9 @@ def _template_json() -> dict:
 def _unvalidated(data: list[dict], layout: dict, title: str | None, height: int) -> go.Figure:
     """A figure from plain trace/layout dicts without plotly's per-property validation (which costs 60-130 ms for the
     live layer chart, rebuilt several times a second while a job runs, under the GIL the job's thread needs). Same
-    JSON as the validated build with ``_layout`` (tested); only for figures whose dicts are written here."""
-    lay = dict(template=_template_json(), font=FONT, height=height, margin=dict(l=64, r=24, t=44 if title else 16, b=40),
-               legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0, font=dict(size=11)),
-               hoverlabel=dict(font=dict(size=12)), showlegend=True, **layout)
-    if title:
-        lay["title"] = dict(text=title, x=0.01, xanchor="left", font=dict(size=15))
+    layout as ``_layout`` (``_base_layout``); validity tested; only for figures whose dicts are written here."""
+    lay = {k: v for k, v in _base_layout(title, height).items() if v is not None}
+    lay.update(layout, template=_template_json())  # the template resolved: plotly.js does not know it by name
     return go.Figure(dict(data=data, layout=lay), _validate=False)
 
 
