@@ -13,7 +13,7 @@ Settings compared (theirs ↔ ours):
   step) and our default ``schedule="cubic"``;
 * per_out=True ↔ ``pattern="per-row"``;  2:4 ↔ ``pattern="2:4"`` (they support no other N:M);
 * one-shot mask, iterative_prune=0 ↔ ``gradual_iters=0``.
-Reported: relative error (pruning.layer.rel_error), pruned count, mask agreement, time per layer.
+Reported: relative error (pruning.solve.rel_error), pruned count, mask agreement, time per layer.
 Expected: same errors up to fp round-off and ties (they invert with ``torch.inverse``, we invert from a Cholesky factor;
 their ``>=`` thresholds may keep extra tied weights, our counts are exact).
 """

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pruning.adapters import find_blocks  # noqa: E402
+from pruning.blocks import find_blocks  # noqa: E402
 from pruning.api import cpu_has_native_bf16, estimate_seconds, get_model, run_job  # noqa: E402
 from pruning.config import CalibConfig, EvalConfig, PruneConfig  # noqa: E402
 from pruning.data import calibration_windows  # noqa: E402
@@ -129,10 +129,10 @@ def main() -> None:
               f"(batch 1, a Gram per linear, full products): {out['vs_reference_style_forward_speedup']:.2f}× faster "
               f"(whole prune {out['vs_reference_style_total_speedup']:.2f}×)")
     if not a.no_e2e:
-        from pruning import estimate
+        from pruning import cost_model
 
         cfg = PruneConfig(device=a.device, dtype=a.dtype)  # the app's default config
-        estimate.reset_corrections()
+        cost_model.reset_corrections()
         est_cold = estimate_seconds(cfg)  # what the page shows before the first run (no correction yet)
         run_job(cfg)  # fills the dense-evaluation cache, as the app does once per model
         est_warm = estimate_seconds(cfg)  # after one run of the same kind

@@ -5,7 +5,7 @@
 
 For every layer (default: blocks 0, 10, 20, 29; q, o, gate, down) and every setting (unstructured 50 % / 70 %,
 2:4, 4:8), each entry of ``ENTRIES`` prunes the same weight with the same Gram; reported: relative error
-‖WX − ŴX‖²/‖WX‖² (pruning.layer.rel_error) and solver seconds. Entries whose solver or update is not
+‖WX − ŴX‖²/‖WX‖² (pruning.solve.rel_error) and solver seconds. Entries whose solver or update is not
 registered in this build are skipped with a printed note, so the list can name solvers other helpers add.
 
 Summaries printed (and stored in the JSON):

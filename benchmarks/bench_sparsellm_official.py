@@ -47,9 +47,9 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pruning.adapters import block_linears, find_blocks  # noqa: E402
+from pruning.blocks import block_linears, find_blocks  # noqa: E402
 from pruning.config import PruneConfig  # noqa: E402
-from pruning.layer import rel_error  # noqa: E402
+from pruning.solve import rel_error  # noqa: E402
 from pruning.patterns import parse_pattern  # noqa: E402
 from pruning.pipeline import BlockInputs, BlockJob, capture_inputs, collect_grams, prune_model, run_block  # noqa: E402
 from pruning.solvers import SOLVERS, SolveContext  # noqa: E402
@@ -227,7 +227,7 @@ def official_blockwise(mu, model, calib: torch.Tensor, sparsity: float, dtype: t
     Where their routine raises or returns non-finite weights, the block is pruned with SparseGPT instead (what
     their epoch 1 computes) and the block is listed in ``fallback_blocks``. Per block: their FFN relative output
     error on float32 X, Y of the dense block run on the current inputs."""
-    from pruning.layer import solve
+    from pruning.solve import solve
     from pruning.solvers import LayerProblem
 
     _, blocks = find_blocks(model)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pruning.cache import is_report  # noqa: E402
+from pruning.results import is_report  # noqa: E402
 
 
 def load_reports(path: Path) -> list[dict]:

@@ -1,5 +1,5 @@
 """Pruning Lab engine: one-shot LLM pruning, layer by layer. Never imports gradio."""
-from .layer import LayerSolution, prune_layer, rel_error
+from .solve import LayerSolution, prune_layer, rel_error
 from .patterns import PATTERNS, Pattern, parse_pattern
 from .solvers import SOLVERS, UPDATES
 

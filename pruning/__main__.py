@@ -116,7 +116,7 @@ class Progress:
                 self.bar.update(1)
                 if e.block == e.n_blocks - 1:
                     self.bar.close()
-        elif isinstance(e, ev.Warning):
+        elif isinstance(e, ev.WarningEvent):
             tqdm.write(f"warning: {e.message}", file=sys.stderr)
         elif isinstance(e, ev.Evaluated):
             tqdm.write(f"perplexity ({e.which}, {e.split}): {e.ppl:.3f}", file=sys.stderr)
@@ -161,7 +161,7 @@ def _run_one(cfg: PruneConfig, a, keep_model: bool = False) -> dict:
 
 def _store(report: dict) -> None:
     try:
-        from .cache import store_report
+        from .results import store_report
     except ImportError:
         return
     try:
@@ -204,12 +204,12 @@ def _sweep_entries(text: str) -> list[tuple[str, str]]:
 
 def _cached(cfg: PruneConfig) -> dict | None:
     """The stored report of exactly this config and model (None if there is none)."""
-    from .cache import ResultStore
-    from .jobs import model_fingerprint
+    from .results import ResultStore
+    from .jobs import fingerprint_for_config
 
     store = ResultStore()
     try:
-        return store.get(cfg.key(), model_fingerprint(cfg))
+        return store.get(cfg.key(), fingerprint_for_config(cfg))
     finally:
         store.close()
 

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from . import events as ev
-from .adapters import block_linears, find_blocks
+from .blocks import block_linears, find_blocks
 from .config import PruneConfig
 from .evaluate import generate, perplexity
 from .pipeline import prune_model
@@ -217,28 +217,28 @@ def estimate_seconds(config: PruneConfig, device: str | None = None) -> float:
     """Predicted seconds of ``run_job(config)`` (dense evaluation cached), from ``pruning.estimate``'s cost model:
     this machine's measured rates, the model's shapes (SmolLM2's until the model is loaded) and the corrections
     learned from the runs finished in this process."""
-    from . import estimate
+    from . import cost_model
 
     model, dev, dt = _loaded(config)
     if device is not None:
         dev = torch.device(device)
-    shape = estimate.model_shape(model) if model is not None else None
-    return estimate.estimate_seconds(config, shape, str(dev), dt)
+    shape = cost_model.model_shape(model) if model is not None else None
+    return cost_model.estimate_seconds(config, shape, str(dev), dt)
 
 
 def measure_machine(device: str = "auto", dtype: str = "auto") -> None:
     """Measure this machine's rates for ``estimate_seconds`` now (~0.3 s), e.g. at server start while the process is
     idle: a first measurement taken while a page view loads the model would be too slow."""
-    from . import estimate
+    from . import cost_model
     from .solvers import sparsefw
 
     dev = resolve_device(device)
-    estimate.machine_rates(str(dev), resolve_dtype(dtype, dev))
+    cost_model.machine_rates(str(dev), resolve_dtype(dtype, dev))
     sparsefw.device_rates(str(dev))  # its own cost model (per-iteration primitives)
 
 
 def _observe(config: PruneConfig, model, timings: dict) -> None:
-    from . import estimate
+    from . import cost_model
 
     p = next(model.parameters())
-    estimate.observe(config, timings, estimate.model_shape(model), str(p.device), p.dtype)
+    cost_model.observe(config, timings, cost_model.model_shape(model), str(p.device), p.dtype)

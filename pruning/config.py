@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 
+from .errors import InputError
 from .patterns import parse_pattern
 from .solvers import SOLVERS, UPDATES, SolverError
 
@@ -20,7 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """Invalid configuration; the message names the field and the allowed values."""
 
 
@@ -110,7 +111,7 @@ class PruneConfig:
             s = pat.n / pat.m  # N:M fixes the sparsity
         object.__setattr__(self, "sparsity", round(s, 6))
         opts = dict(self.options) if not isinstance(self.options, dict) else self.options
-        from .layer import split_options
+        from .solve import split_options
 
         try:
             s_opts, u_opts = split_options(self.solver, self.update, dict(opts))
@@ -137,7 +138,7 @@ class PruneConfig:
 
     def solver_options(self) -> tuple[dict, dict]:
         """(solver options, update options) with defaults filled in."""
-        from .layer import split_options
+        from .solve import split_options
 
         return split_options(self.solver, self.update, self.option_dict)
 
@@ -165,6 +166,18 @@ class PruneConfig:
     def replace(self, **changes) -> "PruneConfig":
         return replace(self, **changes)
 
+    @property
+    def method(self) -> str:
+        """'solver' or 'solver+update' (e.g. 'wanda+admm'): the method's name everywhere it is shown."""
+        return method_label(self.solver, self.update)
+
     def label(self) -> str:
-        extra = f"+{self.update}" if self.update != "none" else ""
-        return f"{self.solver}{extra} {self.pattern} {self.sparsity:.0%}" if self.pattern != "unstructured" or True else ""
+        return f"{self.method} {self.pattern} {self.sparsity:.0%}"
+
+
+def method_label(solver: str | dict, update: str | None = None) -> str:
+    """'solver' or 'solver+update'. Accepts the two names, or a config dict / report dict (``{"config": {...}}``)."""
+    if isinstance(solver, dict):
+        d = solver.get("config", solver)
+        solver, update = d.get("solver", "?"), d.get("update", "none")
+    return f"{solver}+{update}" if update and update != "none" else str(solver)

@@ -50,6 +50,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError
+
 from .models import GENSIM_VERSION, _hub_offline, _hub_reachable, cache_dir
 
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -66,7 +68,7 @@ _ALLOWED = ("wiki-sample, pydoc, wikitext2[:local path], c4[:local path], text:<
             "or a path to a UTF-8 text file")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Text or windows could not be produced; the message names the field (calib/eval source, nsamples, seqlen)."""
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapters import block_linears, find_blocks, model_device
+from .blocks import block_linears, find_blocks, model_device
 from .events import Cancelled
 
 

@@ -60,7 +60,7 @@ class BlockDone(Event):
 
 
 @dataclass(frozen=True)
-class Warning(Event):  # noqa: A001  (shadowing the builtin is deliberate inside this namespace)
+class WarningEvent(Event):
     message: str
 
 
@@ -86,7 +86,12 @@ class JobFinished(Event):
 
 @dataclass(frozen=True)
 class JobFailed(Event):
+    """The job stopped on an error. ``kind``: 'input' (the request was wrong; ``message`` names the field),
+    'numerical' (the maths failed on these numbers) or 'internal' (a bug; the message keeps the class name).
+    See ``pruning.errors``."""
+
     message: str
+    kind: str = "internal"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from . import events as ev
-from .cache import ResultStore
+from .results import ResultStore
 from .config import PruneConfig
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def default_device_key(config: PruneConfig) -> str:
     return "cpu"
 
 
-def model_fingerprint(config: PruneConfig) -> str:
+def fingerprint_for_config(config: PruneConfig) -> str:
     """Fingerprint of the model exactly as ``run_job`` loads it (loaded once per process, then cached)."""
     from .api import get_model
 
@@ -130,7 +130,7 @@ class JobRunner:
         if run_fn is None:
             from .api import run_job as run_fn  # noqa: N813
         if fingerprint_fn == "default":
-            fingerprint_fn = model_fingerprint
+            fingerprint_fn = fingerprint_for_config
         self.run_fn = run_fn
         self.store = store
         self.fingerprint_fn = fingerprint_fn
@@ -329,7 +329,7 @@ class JobRunner:
             try:
                 self.store.put(report)
             except (TypeError, KeyError, OSError) as e:
-                job.emit(ev.Warning(f"result not cached: {e}"))
+                job.emit(ev.WarningEvent(f"result not cached: {e}"))
         job.report = dict(report, cached=False)
         job.status, job.finished = DONE, time.time()
         job.emit(ev.JobFinished(job.report))

@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from .layer import prune_layer, validate_sparsity
+from .solve import prune_layer, validate_sparsity
 from .patterns import parse_pattern
 from .solvers import SOLVERS, SolverError
 

@@ -30,6 +30,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from .errors import InputError
+
 from .config import DEFAULT_MODEL
 
 EMBEDDED_ALIASES = ("smollm2-135m", "embedded", "default")
@@ -47,7 +49,7 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "float16": torch.float16, "fp16": torch.float16}
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """The model could not be resolved or loaded; the message names the field (``model``) and what is allowed."""
 
 

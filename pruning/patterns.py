@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import InputError
+
 __all__ = ["Pattern", "PATTERNS", "parse_pattern", "prune_count", "select_mask", "check_mask", "PatternError"]
 
 PATTERNS = ("unstructured", "per-row", "N:M (e.g. 2:4, 4:8)")
@@ -30,7 +32,7 @@ PATTERNS = ("unstructured", "per-row", "N:M (e.g. 2:4, 4:8)")
 _EPS = 1e-9  # guards floor(s*n) against binary round-off, e.g. 0.29*100 = 28.999999999999996
 
 
-class PatternError(ValueError):
+class PatternError(InputError):
     """A pattern string or a pattern/shape combination that is not allowed."""
 
 

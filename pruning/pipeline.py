@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .adapters import Linear, block_linears, find_blocks, model_device
+from .blocks import Linear, block_linears, find_blocks, model_device
 from .events import (
     BlockDone,
     BlockStarted,
@@ -32,9 +32,9 @@ from .events import (
     JobStarted,
     LayerSolved,
     PhaseStarted,
-    Warning,
+    WarningEvent,
 )
-from .layer import LayerSolution, solve
+from .solve import LayerSolution, solve
 from .patterns import parse_pattern
 from .solvers import SOLVERS, LayerProblem, SolveContext
 
@@ -375,7 +375,7 @@ def prune_model(
 
     def warn(msg: str):
         result.warnings.append(msg)
-        emit(Warning(msg))
+        emit(WarningEvent(msg))
 
     was_training = model.training
     model.eval()

@@ -18,7 +18,7 @@ import pytest
 from gradio_client import Client
 
 from pruning import SOLVERS
-from pruning.cache import ResultStore
+from pruning.results import ResultStore
 from pruning.config import PruneConfig
 from pruning.jobs import JobRunner
 from pruning.models import save_pretrained, tiny_model

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pruning.cache import ResultStore
+from pruning.results import ResultStore
 from pruning.jobs import JobRunner
 from pruning.models import save_pretrained, tiny_model
 

@@ -53,10 +53,10 @@ def test_run_job_report_and_events(tiny_dir):
 
 
 def test_run_job_feeds_the_estimate(tiny_dir):
-    from pruning import estimate
+    from pruning import cost_model
     from pruning.api import estimate_seconds, get_model, run_job
 
-    estimate.reset_corrections()
+    cost_model.reset_corrections()
     cfg = small(tiny_dir, solver="sparsegpt")
     get_model(tiny_dir, "cpu", "float32")
     first = estimate_seconds(cfg)  # the tiny model's own shapes (it is loaded), no correction yet
@@ -65,7 +65,7 @@ def test_run_job_feeds_the_estimate(tiny_dir):
     measured = sum(r["timings"][k] for k in ("capture", "calibration_forward", "statistics", "solve", "propagate",
                                              "pruned_eval", "generate"))
     assert abs(after - 1 - measured) < abs(first - 1 - measured) or abs(after - 1 - measured) < 0.2 * measured
-    estimate.reset_corrections()
+    cost_model.reset_corrections()
 
 
 def test_run_job_never_touches_the_loaded_model(tiny_dir):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pruning import prune_layer, rel_error
-from pruning.layer import split_options
+from pruning.solve import split_options
 from pruning.patterns import parse_pattern
 from pruning.solvers import SOLVERS, SolverError
 from pruning.solvers.sparsegpt import damped_inverse_cholesky
@@ -116,7 +116,7 @@ def test_obs_single_weight_closed_form():  # invariant 4
 
 
 def test_gram_accumulation_is_batching_invariant():  # invariant 3
-    from pruning.adapters import block_linears
+    from pruning.blocks import block_linears
     from pruning.pipeline import BlockInputs, collect_grams
 
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from pruning import events as ev
-from pruning.cache import ResultStore
+from pruning.results import ResultStore
 from pruning.config import PruneConfig
 from pruning.jobs import CANCELLED, DONE, FAILED, JobRunner
 

@@ -6,7 +6,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
 from pruning import events as ev
-from pruning.adapters import ModelStructureError, block_linears, find_blocks
+from pruning.blocks import ModelStructureError, block_linears, find_blocks
 from pruning.config import PruneConfig
 from pruning.pipeline import capture_inputs, capture_layer_problems, collect_grams, prune_model
 

@@ -13,7 +13,7 @@ from torch import nn
 from pruning.config import PruneConfig
 from pruning.patterns import check_mask, parse_pattern
 from pruning.pipeline import BlockInputs, BlockJob, capture_inputs, collect_grams, prune_model
-from pruning.adapters import block_linears, find_blocks
+from pruning.blocks import block_linears, find_blocks
 from pruning.solvers import SOLVERS, SolveContext
 from pruning.solvers.sparsellm import FFN, find_ffn, ridge_refit, s_update, z_update
 
@@ -42,7 +42,7 @@ def windows(n=8, seqlen=64, seed=0, vocab=128):
 def run(model, win, sparsity=0.5, pattern="unstructured", solver="sparsellm", **opts):
     warnings = []
     cfg = PruneConfig(solver=solver, sparsity=sparsity, pattern=pattern, options=opts, dtype="float32")
-    from pruning.events import Warning as Warn
+    from pruning.events import WarningEvent as Warn
 
     rep = prune_model(model, None, cfg, windows=win, on_event=lambda e: warnings.append(e.message) if isinstance(e, Warn) else None)
     return rep, warnings

@@ -1,6 +1,6 @@
 """Gradio UI of Pruning Lab: ``build_app()`` returns the Blocks; ``launch_kwargs()`` its theme and CSS.
 
-One-way imports: app.py -> ui -> pruning's public API (``pruning.api``, ``pruning.jobs``, ``pruning.cache``,
+One-way imports: app.py -> ui -> pruning's public API (``pruning.api``, ``pruning.jobs``, ``pruning.results``,
 ``pruning.lab``). Nothing here imports torch or transformers.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from pruning.cache import ResultStore
+from pruning.results import ResultStore
 from pruning.jobs import JobRunner
 from pruning.models import ensure_data_wheels
 

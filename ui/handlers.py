@@ -22,7 +22,7 @@ import pandas as pd
 
 from pruning import SOLVERS, UPDATES
 from pruning import events as ev
-from pruning.cache import ResultStore, finite, load_precomputed
+from pruning.results import ResultStore, finite, load_precomputed
 from pruning.config import DEFAULT_MODEL, DEFAULT_PROMPTS, ConfigError, PruneConfig
 from pruning.jobs import JobRunner
 
@@ -183,7 +183,7 @@ class JobView:
         elif isinstance(e, ev.BlockDone):
             self.blocks_done = e.block + 1
             self.note(f"block {e.block + 1}/{e.n_blocks} done in {e.seconds:.1f}s")
-        elif isinstance(e, ev.Warning):
+        elif isinstance(e, ev.WarningEvent):
             self.note(f"warning: {e.message}")
         elif isinstance(e, ev.Evaluated):
             if e.which == "dense":

@@ -48,7 +48,7 @@ Differences from the official code (all deliberate):
 
 Trace record of iteration k (1-based ``iteration``), after the k-th least-squares step and the projection
 that follows it (so the last record describes exactly the returned weights):
-    objective        = ‖WX − ŴX‖² / ‖WX‖² of Ŵ = Z / d (= pruning.layer.rel_error, computed in float32)
+    objective        = ‖WX − ŴX‖² / ‖WX‖² of Ŵ = Z / d (= pruning.solve.rel_error, computed in float32)
     damped_objective = objective + λ‖W' − Z‖² / ‖WX‖² (the quantity ADMM minimises, same normaliser)
     primal_residual  = ‖W' − Z‖_F / ‖W'₀‖_F,   dual_residual = ρ ‖Z − Z_prev‖_F / ‖W'₀‖_F
     sparsity_target  = target of the mask in use, sparsity = its actual pruned fraction,

@@ -19,17 +19,16 @@ from typing import Any, Callable
 
 import torch
 
+from ..errors import InputError, NumericalError  # noqa: F401  (re-exported)
 from ..patterns import Pattern
 
 SOLVE_DTYPE = torch.float32
 
 
-class SolverError(ValueError):
+class SolverError(InputError):
     """Bad solver name, option or input; the message names the field and what is allowed."""
 
 
-class NumericalError(RuntimeError):
-    """A solver produced NaN/Inf; nothing was written to the model."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ Problem, with M the **keep**-mask (1 = kept, as everywhere in this project) and 
   are ordered by the warm-start score (an offset < 1e-9, so values closer than that count as equal), then by
   ``select_mask``'s stable index order.
 * Trace (``SolverOutput.trace`` and ``ctx.iteration``), one record per iterate t = 0..T, errors relative to
-  ‖WX‖² = tr(WGWᵀ) like ``pruning.layer.rel_error``: ``objective`` = L(M_t)/‖WX‖², ``fw_gap`` =
+  ‖WX‖² = tr(WGWᵀ) like ``pruning.solve.rel_error``: ``objective`` = L(M_t)/‖WX‖², ``fw_gap`` =
   ⟨∇L(M_t), M_t − V_t⟩/‖WX‖² (an upper bound on the relative sub-optimality in C), ``rounded_error`` =
   relative error of the rounded M_t every ``round_every`` iterations and at t = T (else None).
 
@@ -44,7 +44,7 @@ import warnings
 
 import torch
 
-from ..estimate import best_measurement, timed_call
+from ..cost_model import best_measurement, timed_call
 from ..patterns import Pattern, _floor, select_mask
 from .base import SOLVERS, LayerProblem, Option, SolveContext, SolverError, SolverOutput
 from .greedy import wanda_score

@@ -312,7 +312,7 @@ def _sg_opts(opts: dict, damping: float | None = None) -> dict:
 
 def _sparsegpt_all(job, names: list[str], opts: dict) -> dict:
     """Plain SparseGPT on ``names``, exactly as the pipeline runs the 'sparsegpt' solver."""
-    from ..layer import solve
+    from ..solve import solve
 
     out = {}
     for name in names:
@@ -332,9 +332,9 @@ def sparsellm_block(job) -> dict:
     FFN linears' ``trace``; ``info`` holds ``ffn_rel_error_epoch1`` (= SparseGPT), ``ffn_rel_error`` (returned
     weights), ``returned_epoch`` and ``aux_tokens``.
     """
-    from ..layer import LayerSolution, rel_error
+    from ..solve import LayerSolution, rel_error
 
-    from ..adapters import block_linears
+    from ..blocks import block_linears
 
     opts, ctx = job.options, job.ctx
     names = list(job.linears)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import InputError
+
 try:  # transformers' GPT-2 style linear
     from transformers.pytorch_utils import Conv1D
 except Exception:  # pragma: no cover
@@ -20,7 +22,7 @@ except Exception:  # pragma: no cover
 _BLOCK_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "model.language_model.layers", "transformer.blocks")
 
 
-class ModelStructureError(ValueError):
+class ModelStructureError(InputError):
     """The model has no recognisable decoder blocks."""
 
 

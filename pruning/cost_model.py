@@ -125,7 +125,7 @@ def _measure(dev: torch.device, dtype: torch.dtype) -> Rates:
 
 def model_shape(model) -> dict:
     """The shape facts the cost model needs, read from a loaded model."""
-    from .adapters import block_linears, find_blocks
+    from .blocks import block_linears, find_blocks
 
     _, blocks = find_blocks(model)
     lins = block_linears(blocks[0])

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pruning.cache import ResultStore, load_precomputed, run_key
+from pruning.results import ResultStore, load_precomputed, run_key
 from pruning.config import PruneConfig
 
 
