@@ -8,6 +8,7 @@ its weight as (d_in, d_out): ``Linear`` hides the transpose.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -92,13 +93,56 @@ def block_linears(block: nn.Module) -> dict[str, Linear]:
     return {name: Linear(name, m) for name, m in block.named_modules() if name and is_linear(m)}
 
 
-def embedding_module(model: nn.Module) -> nn.Module:
-    return model.get_input_embeddings()
-
-
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def model_dtype(model: nn.Module) -> torch.dtype:
-    return next(model.parameters()).dtype
+@dataclass(frozen=True)
+class FFN:
+    """A recognised FFN inside a block: linear names (relative to the block) by role, and the activation.
+
+    kind 'gated': roles gate, up, down; out = down(act(gate x) ⊙ up x)   (Llama/Mistral/Qwen2 SwiGLU).
+    kind 'relu' : roles fc1, fc2;        out = fc2(relu(fc1 x))          (OPT).
+    """
+
+    kind: str
+    roles: dict[str, str]
+    act: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.roles.values())
+
+    @property
+    def first(self) -> str:  # a linear whose input is the FFN input
+        return self.roles["up"] if self.kind == "gated" else self.roles["fc1"]
+
+    @property
+    def last(self) -> str:  # the linear whose output is the FFN output
+        return self.roles["down"] if self.kind == "gated" else self.roles["fc2"]
+
+
+def find_ffn(block: nn.Module, names: list[str]) -> tuple[FFN | None, str]:
+    """Recognise the FFN among ``names`` (linear names relative to ``block``). Returns (ffn or None, reason)."""
+    for n in names:
+        if n.endswith("gate_proj"):
+            pre = n[: -len("gate_proj")]
+            up, down = pre + "up_proj", pre + "down_proj"
+            if up in names and down in names:
+                parent = block.get_submodule(pre.rstrip(".")) if pre else block
+                act = getattr(parent, "act_fn", None)
+                if not callable(act):
+                    return None, f"{pre}gate/up/down found but the module has no act_fn"
+                return FFN("gated", {"gate": n, "up": up, "down": down}, act), ""
+    for n in names:
+        if n.endswith("fc1"):
+            pre = n[: -len("fc1")]
+            fc2 = pre + "fc2"
+            if fc2 in names:
+                parent = block.get_submodule(pre.rstrip(".")) if pre else block
+                act = getattr(parent, "activation_fn", None)
+                probe = torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0])
+                if not callable(act) or not torch.equal(act(probe), torch.relu(probe)):
+                    return None, f"{pre}fc1/fc2 found but the activation is not ReLU (only ReLU has the closed-form z-update)"
+                return FFN("relu", {"fc1": n, "fc2": fc2}, torch.relu), ""
+    return None, "no gate_proj/up_proj/down_proj nor fc1/fc2 among the block's linears"

@@ -1,4 +1,4 @@
-"""Sequential block-by-block pruning (algorithms.md §1), written once for every model family.
+"""Sequential block-by-block pruning (docs/algorithms.md, "The pipeline"), written once for every model family.
 
 1. capture the inputs of block 0 (and the keyword arguments the model passes to its blocks);
 2. for each block: run it densely with hooks that accumulate one Gram G = Σ x xᵀ (float32) per distinct
@@ -8,6 +8,10 @@
 Forwards are batched (``batch_size`` windows at a time, not batch 1 as the reference code) and may run in
 bf16/fp16 while statistics and solver maths stay float32. Optional true-sequential mode re-runs the block
 before each group of linears that share an input, so later groups see the pruned earlier ones.
+
+A block solver (kind 'block', e.g. SparseLLM) gets what its spec ``needs`` gathered here (``capture_io``: the FFN's
+input and output activations) as a plain ``BlockProblem``; the pipeline computes the errors, wraps the solutions and
+runs the layers the block solver does not cover (or declines) through the normal per-layer path.
 
 Cancellation is cooperative (checked before every layer); on cancel or failure every weight written so far
 is restored, so the model the caller passed in is left exactly as it was.
@@ -22,7 +26,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .blocks import Linear, block_linears, find_blocks, model_device
+from .blocks import FFN, Linear, ModelStructureError, block_linears, find_blocks, find_ffn, model_device
+from .errors import InputError, NumericalError
 from .events import (
     BlockDone,
     BlockStarted,
@@ -34,9 +39,9 @@ from .events import (
     PhaseStarted,
     WarningEvent,
 )
-from .solve import LayerSolution, solve
-from .patterns import parse_pattern
-from .solvers import SOLVERS, LayerProblem, SolveContext
+from .patterns import PatternError, parse_pattern
+from .solve import LayerSolution, rel_error, solve
+from .solvers import SOLVERS, BlockProblem, LayerProblem, SolveContext
 
 EventSink = Callable[[Event], None]
 
@@ -93,7 +98,7 @@ def capture_inputs(model: nn.Module, windows: torch.Tensor, batch_size: int) -> 
                     args.append(c.args)
                     kwargs.append(kw)
                 else:  # pragma: no cover
-                    raise RuntimeError("model forward did not reach its first decoder block")
+                    raise ModelStructureError("model: the forward did not reach its first decoder block")
     finally:
         blocks[0] = first
     return BlockInputs(hidden, args, kwargs)
@@ -111,10 +116,20 @@ def run_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
 def _check_finite(tensors: list[torch.Tensor], where: str) -> None:
     for t in tensors:
         if not bool(torch.isfinite(t).all()):
-            raise FloatingPointError(f"activations: NaN/Inf in {where}; nothing further was pruned")
+            raise NumericalError(f"activations: NaN/Inf in {where}; nothing further was pruned")
 
 
-_SYRK_BLOCK = 384  # column block of the symmetric Gram update; inputs at least twice as wide use it
+SYRK_BLOCK = 384  # column block of the symmetric Gram update; inputs at least twice as wide use it
+_SYRK_BLOCK = SYRK_BLOCK  # old name
+
+
+def gram_flops(d: int) -> float:
+    """Flops per token of ``add_gram_`` for an input of width d: 2·d² for narrow inputs, only the blocks on and
+    above the diagonal for wide ones (nb(nb+1)/2 of nb² blocks, nb = ⌈d / SYRK_BLOCK⌉; 5/8 for d = 1536)."""
+    if d < 2 * SYRK_BLOCK:
+        return 2.0 * d * d
+    nb = -(-d // SYRK_BLOCK)
+    return 2.0 * d * d * (nb + 1) / (2 * nb)
 
 
 def add_gram_(G: torch.Tensor, X: torch.Tensor) -> bool:
@@ -122,11 +137,11 @@ def add_gram_(G: torch.Tensor, X: torch.Tensor) -> bool:
     (G is symmetric: ~5/8 of the flops for d_in = 1536); returns True if the lower triangle then needs
     ``mirror_upper_`` (done once, after the last batch)."""
     d = X.shape[1]
-    if d < 2 * _SYRK_BLOCK:
+    if d < 2 * SYRK_BLOCK:
         G.addmm_(X.t(), X)
         return False
-    for i in range(0, d, _SYRK_BLOCK):
-        j = min(i + _SYRK_BLOCK, d)
+    for i in range(0, d, SYRK_BLOCK):
+        j = min(i + SYRK_BLOCK, d)
         G[i:j, i:].addmm_(X[:, i:j].t(), X[:, i:])  # (b, d - i): row block i, its diagonal block and right of it
     return True
 
@@ -150,9 +165,8 @@ class GramCollector:
     (raises ``_StopForward``; the linear itself and what follows it are not computed).
     """
 
-    def __init__(self, linears: dict[str, Linear], share: bool = True, stop_early: bool = False):
+    def __init__(self, linears: dict[str, Linear], stop_early: bool = False):
         self.linears = linears
-        self.share = share  # False: one Gram per linear, as the reference code (benchmarks only)
         self.stop_early = stop_early
         self._seen: set[str] = set()  # linears hooked in the current batch
         self.leader: dict[str, str] = {}  # name -> name of the linear whose Gram it shares
@@ -191,7 +205,7 @@ class GramCollector:
             x = args[0]
             if self._first_batch is not None:
                 self.order.append(name)
-                for other, t in (self._first_batch.items() if self.share else ()):
+                for other, t in self._first_batch.items():
                     if t.data_ptr() == x.data_ptr() and t.shape == x.shape and t.stride() == x.stride():
                         self.leader[name] = self.leader.get(other, other)
                         break
@@ -227,13 +241,13 @@ class GramCollector:
 
 
 def collect_grams(block: nn.Module, linears: dict[str, Linear], inputs: BlockInputs,
-                  share: bool = True, need_outputs: bool = True) -> tuple[GramCollector, list[torch.Tensor]]:
+                  need_outputs: bool = True) -> tuple[GramCollector, list[torch.Tensor]]:
     """Dense run of ``block`` with Gram hooks on ``linears``; returns the collector and the block outputs.
 
     ``need_outputs=False``: each forward stops once the last of ``linears`` has seen its input (the pipeline's
     statistics pass: the dense outputs are never used, so e.g. down_proj's product is skipped); outputs = [].
     """
-    col = GramCollector(linears, share, stop_early=not need_outputs)
+    col = GramCollector(linears, stop_early=not need_outputs)
     outs = []
     with col, torch.no_grad():
         for h, a, kw in zip(inputs.hidden, inputs.args, inputs.kwargs):
@@ -247,7 +261,7 @@ def collect_grams(block: nn.Module, linears: dict[str, Linear], inputs: BlockInp
                 col.next_batch()
     missing = [n for n in linears if n not in col.leader]
     if missing:
-        raise RuntimeError(f"linears {missing} were never called in the block forward; cannot collect statistics")
+        raise ModelStructureError(f"linears {missing} were never called in the block forward; cannot collect statistics")
     return col, outs
 
 
@@ -266,11 +280,11 @@ def capture_layer_problems(
     ``device``: where the returned tensors live (default: the model's device).
     """
     if windows is None:
-        raise ValueError("windows: calibration token windows (n, seqlen) are required")
+        raise InputError("windows: calibration token windows (n, seqlen) are required")
     _, all_blocks = find_blocks(model)
     wanted = sorted(set(range(len(all_blocks)) if blocks is None else blocks))
     if any(b < 0 or b >= len(all_blocks) for b in wanted):
-        raise ValueError(f"blocks: allowed 0..{len(all_blocks) - 1}, got {blocks}")
+        raise InputError(f"blocks: allowed 0..{len(all_blocks) - 1}, got {blocks}")
     inputs = capture_inputs(model, windows, batch_size)
     out: dict[tuple[int, str], LayerProblem] = {}
     for b in range(wanted[-1] + 1):
@@ -280,7 +294,7 @@ def capture_layer_problems(
             if names is not None:
                 unknown = sorted(set(names) - set(lins))
                 if unknown:
-                    raise ValueError(f"names: {unknown} not in block {b}; allowed: {', '.join(lins)}")
+                    raise InputError(f"names: {unknown} not in block {b}; allowed: {', '.join(lins)}")
                 lins = {n: lins[n] for n in names}
             col, outs = collect_grams(block, lins, inputs)
             for n, lin in lins.items():
@@ -293,20 +307,42 @@ def capture_layer_problems(
     return out
 
 
-@dataclass
-class BlockJob:
-    """What a block-level solver (kind='block', e.g. SparseLLM) receives for one decoder block."""
+def capture_io(block: nn.Module, inputs: BlockInputs, first: Linear, last: Linear,
+               max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Run ``block`` on ``inputs`` with two hooks: X = the input of ``first``, Y = the output of ``last``.
 
-    index: int
-    block: nn.Module
-    inputs: BlockInputs
-    linears: dict[str, Linear]
-    grams: dict[str, tuple[torch.Tensor, int]]
-    pattern: object
-    sparsity: float
-    options: dict
-    ctx: SolveContext
-    check_cancel: Callable[[], None]
+    Returns (X (T, d_in of first), Y (T, d_out of last), float32, total tokens). Above ``max_tokens`` an evenly
+    spaced subset of T = max_tokens tokens is kept (selected inside the hooks, so memory stays bounded).
+    A hook collector like ``GramCollector``; the block is not modified.
+    """
+    total = sum(h.numel() // h.shape[-1] for h in inputs.hidden)
+    keep = None
+    if max_tokens is not None and total > max_tokens:
+        keep = torch.linspace(0, total - 1, max_tokens, dtype=torch.float64).round().long()
+    Xs: list[torch.Tensor] = []
+    Ys: list[torch.Tensor] = []
+    offs = {"x": 0, "y": 0}
+
+    def take(t: torch.Tensor, key: str) -> torch.Tensor:
+        t = t.reshape(-1, t.shape[-1])
+        o = offs[key]
+        offs[key] = o + t.shape[0]
+        if keep is None:
+            return t.to(torch.float32, copy=True)
+        sel = keep[(keep >= o) & (keep < o + t.shape[0])] - o
+        return t[sel.to(t.device)].to(torch.float32)
+
+    h1 = first.module.register_forward_pre_hook(lambda m, a: Xs.append(take(a[0], "x")))
+    h2 = last.module.register_forward_hook(lambda m, a, out: Ys.append(take(out, "y")))
+    try:
+        run_block(block, inputs)
+    finally:
+        h1.remove()
+        h2.remove()
+    X, Y = torch.cat(Xs), torch.cat(Ys)
+    if X.shape[0] != Y.shape[0]:
+        raise ModelStructureError(f"captured {X.shape[0]} inputs of {first.name} but {Y.shape[0]} outputs of {last.name}")
+    return X, Y, total
 
 
 @dataclass
@@ -328,11 +364,189 @@ def validate_model_for_pattern(model: nn.Module, pattern) -> None:
     for b, blk in enumerate(blocks):
         for name, lin in block_linears(blk).items():
             if not bool(torch.isfinite(lin.get_weight()).all()):
-                raise ValueError(f"weights: NaN/Inf in block {b} {name}; a model with non-finite weights cannot be pruned")
+                raise InputError(f"weights: NaN/Inf in block {b} {name}; a model with non-finite weights cannot be pruned")
     if pat.is_nm:
         bad = sorted({f"{name} (d_in={lin.shape[1]})" for blk in blocks for name, lin in block_linears(blk).items() if lin.shape[1] % pat.m})
         if bad:
-            raise ValueError(f"pattern: {pat} needs every input width to be a multiple of {pat.m}; not so for {', '.join(bad)}")
+            raise PatternError(f"pattern: {pat} needs every input width to be a multiple of {pat.m}; not so for {', '.join(bad)}")
+
+
+@dataclass
+class Timings:
+    """Seconds per pipeline phase, accumulated over blocks: ``with timings.phase("solve"): ...``."""
+
+    capture: float = 0.0
+    calibration_forward: float = 0.0
+    statistics: float = 0.0
+    solve: float = 0.0
+    propagate: float = 0.0
+
+    class _Phase:
+        def __init__(self, owner: "Timings", name: str):
+            self.owner, self.name = owner, name
+
+        def __enter__(self):
+            self.t0 = time.perf_counter()
+            return self
+
+        def __exit__(self, *exc):
+            self.seconds = time.perf_counter() - self.t0
+            self.owner.add(self.name, self.seconds)
+
+    def phase(self, name: str) -> "Timings._Phase":
+        return Timings._Phase(self, name)
+
+    def add(self, name: str, seconds: float) -> None:
+        setattr(self, name, getattr(self, name) + seconds)
+
+    def to_dict(self, total: float) -> dict:
+        d = {k: getattr(self, k) for k in ("capture", "calibration_forward", "statistics", "solve", "propagate")}
+        d["total"] = total
+        return {k: round(v, 4) for k, v in d.items()}
+
+
+@dataclass
+class _Run:
+    """What the per-block helpers of ``prune_model`` share: the config, resolved, and the callbacks."""
+
+    config: object
+    spec: object
+    pattern: object
+    s_opts: dict
+    u_opts: dict
+    emit: EventSink
+    warn: Callable[[str], None]
+    check_cancel: Callable[[], None]
+    result: "PruneResult"
+    saved: list
+    timings: Timings
+
+
+def _groups(block: nn.Module, linears: dict[str, Linear], inputs: BlockInputs, true_sequential: bool) -> list[list[str]]:
+    """The block's linears in solve groups: all together, or (true-sequential) one group per shared input, found by
+    a probe of the first batch."""
+    if not true_sequential:
+        return [list(linears)]
+    probe, _ = collect_grams(block, linears, BlockInputs(inputs.hidden[:1], inputs.args[:1], inputs.kwargs[:1]),
+                             need_outputs=False)
+    return probe.groups()
+
+
+def _solve_layers(run: _Run, b: int, names: list[str], sub: dict[str, Linear], grams: dict, memo: dict) -> None:
+    """The per-layer path: each linear of ``names`` solved by the config's solver (+ update) on its own, then
+    written and recorded at once (so a cancel takes effect before the next layer)."""
+    cfg = run.config
+    for name in names:
+        run.check_cancel()
+        G, ntok = grams[name]
+        W = sub[name].get_weight().detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        problem = LayerProblem(W=W, G=G, n_tokens=ntok, name=f"{b}.{name}")
+
+        def on_iter(rec, name=name):
+            run.emit(IterationDone(block=b, name=name, iteration=int(rec.get("iter", 0)), values=dict(rec)))
+
+        sol = solve(problem, cfg.solver, run.pattern, cfg.sparsity, run.s_opts, cfg.update, run.u_opts,
+                    SolveContext(on_iter, run.warn, memo))
+        _write(sub[name], sol, run.saved)
+        _record(run.result, run.emit, b, name, sol)
+
+
+def ffn_problem(block: nn.Module, inputs: BlockInputs, linears: dict[str, Linear], grams: dict, ffn: FFN,
+                max_tokens: int | None = None, index: int = 0, check_cancel: Callable[[], None] = lambda: None) -> BlockProblem:
+    """The ``BlockProblem`` of ``block``'s FFN: dense float32 copies of its weights and biases, its Grams
+    (``grams[name] = (G, n_tokens)`` as ``GramCollector.gram``) and its input/output on ``inputs`` (``capture_io``),
+    on the weights' device. The block is run densely as it is now (call it before writing any of its linears)."""
+    W0 = {n: linears[n].get_weight().detach().to(torch.float32).clone() for n in ffn.names}
+    dev = W0[ffn.first].device
+    bias = {}
+    for n in ffn.names:
+        bb = getattr(linears[n].module, "bias", None)
+        bias[n] = None if bb is None else bb.detach().to(device=dev, dtype=torch.float32).clone()
+    X, Y, total = capture_io(block, inputs, linears[ffn.first], linears[ffn.last], max_tokens)
+    return BlockProblem(W=W0, bias=bias, grams={n: grams[n][0] for n in ffn.names}, X=X.to(dev), Y=Y.to(dev),
+                        ffn=ffn, total_tokens=total, index=index, check_cancel=check_cancel)
+
+
+def _ffn_for_block_solver(run: _Run, b: int, block: nn.Module, group: list[str]) -> FFN | None:
+    """The FFN a block solver that needs ``ffn_io`` can couple in this group, or None (with a warning where a user
+    should know why): no recognisable FFN, or a true-sequential group that holds only part of it."""
+    name, lone = run.spec.name, run.spec.lone_layer or run.spec.name
+    ffn, reason = find_ffn(block, list(block_linears(block)))
+    if ffn is None:
+        if group[0] == next(iter(block_linears(block))):  # once per block (the first group)
+            run.warn(f"{name}: block {b}: {reason}; {lone} on every linear")
+        return None
+    present = [n for n in ffn.names if n in group]
+    if len(present) != len(ffn.names):  # a true-sequential group: the FFN is split over several groups
+        if ffn.first in present:
+            run.warn(f"{name}: block {b}: true-sequential mode splits the FFN ({', '.join(ffn.names)}) over separate "
+                     f"groups but {name} needs them together; {lone} on the FFN linears. Turn true_sequential off to "
+                     f"couple them.")
+        return None
+    return ffn
+
+
+def _solve_block(run: _Run, b: int, block: nn.Module, inputs: BlockInputs, group: list[str], sub: dict[str, Linear],
+                 grams: dict, memo: dict) -> None:
+    """A block solver on this group: the linears it couples through a ``BlockProblem``, the others (and every
+    fallback: no FFN, split FFN, nothing to prune, the solver declining) through the per-layer path.
+
+    The FFN's input and output are captured on the dense block first, before any linear of the group is written."""
+    cfg, spec = run.config, run.spec
+    ffn = _ffn_for_block_solver(run, b, block, group) if "ffn_io" in spec.needs else None
+    if ffn is not None and not run.pattern.is_nm and cfg.sparsity == 0:
+        ffn = None  # nothing to prune: the per-layer path returns the weights as they are
+    if ffn is None:
+        _solve_layers(run, b, group, sub, grams, memo)
+        return
+    cap = run.s_opts.get("max_tokens")
+    problem = ffn_problem(block, inputs, sub, grams, ffn, None if cap is None else int(cap), b, run.check_cancel)
+    W0 = problem.W
+    _solve_layers(run, b, [n for n in group if n not in ffn.names], sub, grams, memo)
+    t0 = time.perf_counter()
+    outs = spec.block_fn(problem, run.pattern, cfg.sparsity, run.s_opts, SolveContext(None, run.warn))
+    if outs is None:  # the solver declined (it has warned why): per-layer path for the FFN too
+        _solve_layers(run, b, ffn.names, sub, grams, memo)
+        return
+    seconds = (time.perf_counter() - t0) / len(ffn.names)
+    sols = {}
+    for n in ffn.names:
+        o = outs[n]
+        W_hat = o.weight * o.mask
+        if not bool(torch.isfinite(W_hat).all()):
+            raise NumericalError(f"{spec.name}: produced NaN/Inf for layer {b}.{n}; nothing was written")
+        sols[n] = LayerSolution(weight=W_hat, mask=o.mask, rel_error=rel_error(W0[n], W_hat, grams[n][0]), seconds=seconds,
+                                trace=list(o.trace), info=dict(o.info))
+    for n in ffn.names:
+        _write(sub[n], sols[n], run.saved)
+        _record(run.result, run.emit, b, n, sols[n])
+
+
+def _solve_group(run: _Run, b: int, block: nn.Module, inputs: BlockInputs, linears: dict[str, Linear],
+                 group: list[str]) -> None:
+    """Statistics pass for one group of linears, then solve, write and record every one of them."""
+    run.check_cancel()
+    sub = {n: linears[n] for n in group}
+    t0 = time.perf_counter()
+    col, _ = collect_grams(block, sub, inputs, need_outputs=False)
+    elapsed = time.perf_counter() - t0
+    run.timings.add("statistics", col.seconds)
+    run.timings.add("calibration_forward", elapsed - col.seconds)
+    grams = {n: col.gram(n) for n in group}
+    memo: dict = {}  # Gram-derived values shared by the group's layers (SolveContext.memo)
+    with run.timings.phase("solve"):
+        if run.spec.kind == "block" and run.spec.block_fn is not None:
+            _solve_block(run, b, block, inputs, group, sub, grams, memo)
+        else:
+            _solve_layers(run, b, group, sub, grams, memo)
+
+
+def _propagate(run: _Run, b: int, block: nn.Module, inputs: BlockInputs) -> BlockInputs:
+    """Re-run the pruned block: its outputs are the next block's inputs."""
+    with run.timings.phase("propagate"):
+        outs = run_block(block, inputs)
+        _check_finite(outs, f"the outputs of pruned block {b}")
+        return BlockInputs(outs, inputs.args, inputs.kwargs)
 
 
 def prune_model(
@@ -343,31 +557,28 @@ def prune_model(
     cancel: threading.Event | None = None,
     windows: torch.Tensor | None = None,
 ) -> dict:
-    """Prune ``model`` in place with ``config`` (a PruneConfig); returns the report dict.
+    """Prune ``model`` in place with ``config`` (a PruneConfig) on the calibration ``windows`` (n, seqlen) int64
+    (required: load them with ``pruning.data.calibration_windows``, or call ``pruning.prune_model``, which does);
+    returns the report dict. ``tokenizer`` is not used (kept for the signature of the public wrapper).
 
     On cancel (``cancel`` set) raises events.Cancelled, on failure re-raises; in both cases every weight is
     restored first, so the model is exactly as given.
     """
+    if windows is None:
+        raise InputError("windows: prune_model needs the calibration token windows (n, seqlen); load them with "
+                         "pruning.data.calibration_windows(tokenizer, ...) or use pruning.prune_model, which does")
     emit = on_event or (lambda e: None)
     cancel = cancel or threading.Event()
     pattern = parse_pattern(config.pattern)
     validate_model_for_pattern(model, pattern)
-    spec = SOLVERS.get(config.solver)
     s_opts, u_opts = config.solver_options()
-    timings = {"capture": 0.0, "calibration_forward": 0.0, "statistics": 0.0, "solve": 0.0, "propagate": 0.0}
     t_start = time.perf_counter()
-    if windows is None:
-        from .data import calibration_windows
-
-        c = config.calib
-        windows = calibration_windows(tokenizer, source=c.source, nsamples=c.nsamples, seqlen=c.seqlen, seed=c.seed)
     _, blocks = find_blocks(model)
     n_blocks = len(blocks)
     n_layers = sum(len(block_linears(b)) for b in blocks)
     emit(JobStarted(n_blocks=n_blocks, n_layers=n_layers, config=config.to_dict()))
     emit(PhaseStarted("calibrate", f"{windows.shape[0]} windows × {windows.shape[1]} tokens"))
     result = PruneResult(n_blocks=n_blocks)
-    saved: list[tuple[Linear, torch.Tensor]] = []
 
     def check_cancel():
         if cancel.is_set():
@@ -377,72 +588,30 @@ def prune_model(
         result.warnings.append(msg)
         emit(WarningEvent(msg))
 
+    run = _Run(config, SOLVERS.get(config.solver), pattern, s_opts, u_opts, emit, warn, check_cancel, result, [], Timings())
     was_training = model.training
     model.eval()
     try:
-        t0 = time.perf_counter()
-        inputs = capture_inputs(model, windows, config.batch_size)
-        _check_finite(inputs.hidden, "the inputs of block 0")
-        timings["capture"] += time.perf_counter() - t0
+        with run.timings.phase("capture"):
+            inputs = capture_inputs(model, windows, config.batch_size)
+            _check_finite(inputs.hidden, "the inputs of block 0")
         emit(PhaseStarted("prune", f"{n_blocks} blocks"))
         for b, block in enumerate(blocks):
             check_cancel()
             tb = time.perf_counter()
             emit(BlockStarted(block=b, n_blocks=n_blocks))
             linears = block_linears(block)
-            groups = [list(linears)]
-            if config.true_sequential:
-                probe, _ = collect_grams(block, linears, BlockInputs(inputs.hidden[:1], inputs.args[:1], inputs.kwargs[:1]),
-                                         need_outputs=False)
-                groups = probe.groups()
-            for gi, group in enumerate(groups):
-                check_cancel()
-                sub = {n: linears[n] for n in group}
-                t0 = time.perf_counter()
-                col, _ = collect_grams(block, sub, inputs, need_outputs=False)
-                elapsed = time.perf_counter() - t0
-                timings["statistics"] += col.seconds
-                timings["calibration_forward"] += elapsed - col.seconds
-                grams = {n: col.gram(n) for n in group}
-                memo: dict = {}  # Gram-derived values shared by the group's layers (SolveContext.memo)
-                t0 = time.perf_counter()
-
-                def on_iter_for(name):
-                    return lambda rec: emit(IterationDone(block=b, name=name, iteration=int(rec.get("iter", 0)), values=dict(rec)))
-
-                if spec.kind == "block" and spec.block_fn is not None:
-                    job = BlockJob(b, block, inputs, sub, grams, pattern, config.sparsity, s_opts, SolveContext(None, warn), check_cancel)
-                    solutions = spec.block_fn(job)
-                    for name in group:
-                        _write(sub[name], solutions[name], saved)
-                        _record(result, emit, b, name, solutions[name])
-                else:
-                    for name in group:
-                        check_cancel()
-                        lin = sub[name]
-                        G, ntok = grams[name]
-                        W = lin.get_weight().detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-                        problem = LayerProblem(W=W, G=G, n_tokens=ntok, name=f"{b}.{name}")
-                        sol = solve(problem, config.solver, pattern, config.sparsity, s_opts, config.update, u_opts,
-                                    SolveContext(on_iter_for(name), warn, memo))
-                        _write(lin, sol, saved)
-                        _record(result, emit, b, name, sol)
-                timings["solve"] += time.perf_counter() - t0
-                del col, grams, memo
-            t0 = time.perf_counter()
-            outs = run_block(block, inputs)
-            _check_finite(outs, f"the outputs of pruned block {b}")
-            inputs = BlockInputs(outs, inputs.args, inputs.kwargs)
-            timings["propagate"] += time.perf_counter() - t0
+            for group in _groups(block, linears, inputs, config.true_sequential):
+                _solve_group(run, b, block, inputs, linears, group)
+            inputs = _propagate(run, b, block, inputs)
             emit(BlockDone(block=b, n_blocks=n_blocks, seconds=time.perf_counter() - tb))
     except BaseException:
-        for lin, w in reversed(saved):
+        for lin, w in reversed(run.saved):
             lin.set_weight(w)
         raise
     finally:
         model.train(was_training)
-    timings["total"] = time.perf_counter() - t_start
-    result.timings = {k: round(v, 4) for k, v in timings.items()}
+    result.timings = run.timings.to_dict(time.perf_counter() - t_start)
     zeros = sum(l["zeros"] for l in result.layers)
     total = sum(l["numel"] for l in result.layers)
     result.sparsity = zeros / total if total else 0.0

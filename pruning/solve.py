@@ -11,9 +11,10 @@ from typing import Callable
 
 import torch
 
-from .patterns import Pattern, PatternError, check_mask, parse_pattern
+from .patterns import Pattern, check_mask, parse_pattern
 from .solvers import SOLVERS, UPDATES, LayerProblem, NumericalError, SolveContext, SolverError
-from .solvers.base import SOLVE_DTYPE
+from .solvers.base import SOLVE_DTYPE, split_options, validate_sparsity  # noqa: F401  (re-exported: config, lab)
+from .solvers.linalg import rel_error  # noqa: F401  (re-exported: pruning.rel_error)
 
 
 @dataclass
@@ -30,45 +31,6 @@ class LayerSolution:
         return float((self.weight == 0).sum()) / self.weight.numel()
 
 
-def rel_error(W: torch.Tensor, W_hat: torch.Tensor, G: torch.Tensor) -> float:
-    """‖WX − ŴX‖² / ‖WX‖² from G = XXᵀ, in float64. 0 when ‖WX‖ = 0 and nothing changed."""
-    Wd, Gd = W.double(), G.double()
-    D = Wd - W_hat.double()
-    num = float(((D @ Gd) * D).sum())
-    den = float(((Wd @ Gd) * Wd).sum())
-    if den <= 0:
-        return 0.0 if num <= 0 else float("inf")
-    return max(num, 0.0) / den
-
-
-def validate_sparsity(sparsity: float, field_name: str = "sparsity") -> float:
-    try:
-        s = float(sparsity)
-    except (TypeError, ValueError):
-        raise SolverError(f"{field_name}: expected a number in [0, 1), got {sparsity!r}") from None
-    if not (0.0 <= s < 1.0):
-        raise SolverError(f"{field_name}: {sparsity!r} is outside the allowed range [0, 1)")
-    return s
-
-
-def split_options(solver: str, update: str, options: dict) -> tuple[dict, dict]:
-    """Validate ``options`` against the solver's and the update's declared options (a name may serve both)."""
-    s_spec, u_spec = SOLVERS.get(solver), UPDATES.get(update)
-    s_names = {o.name for o in s_spec.options}
-    u_names = {o.name for o in u_spec.options} if update != "none" else set()
-    unknown = sorted(set(options) - s_names - u_names)
-    if unknown:
-        allowed = sorted(s_names | u_names)
-        raise SolverError(
-            f"options: {unknown} not accepted by solver {solver!r}"
-            + (f" with update {update!r}" if update != "none" else "")
-            + f"; allowed: {', '.join(allowed) or '(none)'}"
-        )
-    s_opts = SOLVERS.resolve_options(solver, {k: v for k, v in options.items() if k in s_names})
-    u_opts = UPDATES.resolve_options(update, {k: v for k, v in options.items() if k in u_names})
-    return s_opts, u_opts
-
-
 def solve(
     problem: LayerProblem,
     solver: str,
@@ -79,11 +41,14 @@ def solve(
     u_opts: dict | None = None,
     ctx: SolveContext | None = None,
 ) -> LayerSolution:
-    """Run a solver (and optional fixed-mask update) on an already validated problem."""
+    """Run a solver (and optional fixed-mask update) on an already validated problem with resolved options."""
     ctx = ctx or SolveContext()
     spec = SOLVERS.get(solver)
     if update != "none" and spec.kind != "mask":
         raise SolverError(f"update: {update!r} applies to mask solvers only; {solver!r} already updates weights (use --update none)")
+    needs = spec.needs_gram or (update != "none" and UPDATES.get(update).needs_gram)
+    if needs and problem.G is None:
+        raise SolverError(f"gram: solver {solver!r} needs calibration statistics (the Gram X Xᵀ); got None")
     t0 = time.perf_counter()
     out = spec.fn(problem, pattern, sparsity, s_opts, ctx)
     trace, info = list(out.trace), dict(out.info)
@@ -118,7 +83,7 @@ def prune_layer(
     Maths in float32 on the weight's device; the caller's tensors are not modified.
     ``update`` (none, sparsegpt, admm, exact) re-fits the surviving weights after a mask solver.
     """
-    spec = SOLVERS.get(solver)
+    SOLVERS.get(solver)
     UPDATES.get(update)
     pat = parse_pattern(pattern)
     s = validate_sparsity(sparsity) if not pat.is_nm else pat.sparsity(0)
@@ -136,9 +101,6 @@ def prune_layer(
         G = gram.detach().to(device=W.device, dtype=SOLVE_DTYPE)
         if not bool(torch.isfinite(G).all()):
             raise SolverError("gram: contains NaN/Inf (activations overflowed?)")
-    needs = spec.needs_gram or (update != "none" and UPDATES.get(update).needs_gram)
-    if needs and G is None:
-        raise SolverError(f"gram: solver {solver!r} needs calibration statistics (the Gram X Xᵀ); got None")
     s_opts, u_opts = split_options(solver, update, options)
     problem = LayerProblem(W=W, G=G, n_tokens=int(n_tokens))
     sol = solve(problem, solver, pat, s, s_opts, update, u_opts, SolveContext(on_iter, on_warning))

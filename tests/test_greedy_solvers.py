@@ -3,11 +3,19 @@ import pytest
 import torch
 
 from pruning import prune_layer, rel_error
-from pruning.solve import split_options
+from pruning.solvers.base import split_options
 from pruning.patterns import parse_pattern
 from pruning.solvers import SOLVERS, SolverError
-from pruning.solvers.sparsegpt import damped_inverse_cholesky
 from pruning.solvers.base import SolveContext
+
+
+def damped_inverse_cholesky(H, damping, ctx=None):
+    """Test oracle: upper Cholesky factor U of (H + λI)⁻¹, λ = damping·mean(diag H), with λ raised ×10 until H + λI
+    factorises (as SparseGPT's steps 2-3). Returns (U, damping used)."""
+    from pruning.solvers.linalg import damped_cholesky
+    from pruning.solvers.sparsegpt import _inverse_upper
+
+    return damped_cholesky(H, damping, torch.diagonal(H).mean(), ctx, "oracle", check=_inverse_upper)
 
 GREEDY = ["magnitude", "wanda", "sparsegpt"]
 PATTERNS = ["unstructured", "per-row", "2:4", "4:8"]
@@ -241,9 +249,10 @@ def test_registry_lists_names_on_unknown():
     assert s == {"damping": 0.05, "blocksize": 128} and u == {}
 
 
-def _reference_sweep(W, U, pattern, sparsity, blocksize):
-    """The OBS column sweep exactly as the paper/official code writes it (one column at a time, rank-1 updates over
-    the whole rest of the block), with the project's exact-count mask selection: the reference for obs_sweep."""
+def obs_sweep_reference(W, U, pattern, sparsity, blocksize):
+    """The OBS column sweep as the paper's Algorithm 1 writes it (two plain loops: one column at a time, rank-1
+    updates over the whole rest of the block, then the lazy batch update), with the project's exact-count mask
+    selection: the oracle for the fast ``obs_sweep`` (sub-blocks, transposed blocks, pre-scaled errors)."""
     from pruning.patterns import _floor, _lowest_k
     from pruning.solvers.sparsegpt import _budget
 
@@ -262,18 +271,18 @@ def _reference_sweep(W, U, pattern, sparsity, blocksize):
             k = _floor(sparsity * i2) - _floor(sparsity * i1)
             if k:
                 keep[:, i1:i2] = ~_lowest_k((W1 / d) ** 2, k)
-        for i in range(i2 - i1):
+        for i in range(i2 - i1):  # for j = i, ..., i + B − 1
             col = i1 + i
-            if pattern.kind == "nm" and col % pattern.m == 0:
+            if pattern.kind == "nm" and col % pattern.m == 0:  # if j mod Bs = 0: choose the group's mask
                 g = (W1[:, i : i + pattern.m] / d[i : i + pattern.m]) ** 2
                 idx = torch.sort(g, dim=1, stable=True).indices[:, : pattern.n]
                 keep[:, col : col + pattern.m] = torch.ones_like(g, dtype=torch.bool).scatter_(1, idx, False)
-            err = W1[:, i] * ~keep[:, col] / d[i]
-            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
+            err = W1[:, i] * ~keep[:, col] / d[i]  # E_j = (1 − M_j) · W_j / [H⁻¹]_jj
+            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)  # W[:, j:(i+B)] −= E_j · H⁻¹_{j, j:(i+B)}
             Err1[:, i] = err
         W[:, i1:i2] = W1 * keep[:, i1:i2]
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
-    return W * keep, keep
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]  # lazy batch update
+    return W * keep, keep  # W ← W ⊙ M
 
 
 @pytest.mark.parametrize("pattern,s,blocksize,ref_blocksize", [
@@ -289,6 +298,6 @@ def test_sweep_equals_the_column_by_column_reference(pattern, s, blocksize, ref_
     U, _ = damped_inverse_cholesky(H, 0.01, SolveContext())
     pat = parse_pattern(pattern)
     got_W, got_keep, _ = obs_sweep(W, U, pat, s, blocksize)
-    ref_W, ref_keep = _reference_sweep(W, U, pat, s, ref_blocksize)
+    ref_W, ref_keep = obs_sweep_reference(W, U, pat, s, ref_blocksize)
     assert torch.equal(got_keep, ref_keep)
     assert torch.allclose(got_W, ref_W, rtol=1e-4, atol=1e-5)

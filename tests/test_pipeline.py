@@ -8,6 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from pruning import events as ev
 from pruning.blocks import ModelStructureError, block_linears, find_blocks
 from pruning.config import PruneConfig
+from pruning.errors import NumericalError
 from pruning.pipeline import capture_inputs, capture_layer_problems, collect_grams, prune_model
 
 
@@ -146,8 +147,8 @@ def test_sparsegpt_factor_is_shared_within_a_group(windows, monkeypatch):
     import pruning.solvers.sparsegpt as sg
 
     calls = []
-    orig = sg._damped_factor
-    monkeypatch.setattr(sg, "_damped_factor", lambda *a: calls.append(a[0].shape) or orig(*a))
+    orig = sg.damped_cholesky
+    monkeypatch.setattr(sg, "damped_cholesky", lambda *a, **k: calls.append(a[0].shape) or orig(*a, **k))
     cfg = PruneConfig(solver="sparsegpt", sparsity=0.5, batch_size=4)
     shared = build("llama")
     prune_model(shared, None, cfg, windows=windows)
@@ -239,7 +240,7 @@ def test_failure_restores_and_nan_activations_rejected(windows):
         blk1.mlp.down_proj.weight[0, 0] = 0.0
         m.get_input_embeddings().weight[windows[0, 0]] = float("nan")
     before_bad = {k: v.clone() for k, v in m.state_dict().items()}
-    with pytest.raises(FloatingPointError, match="activations: NaN/Inf in the inputs of block 0"):
+    with pytest.raises(NumericalError, match="activations: NaN/Inf in the inputs of block 0"):
         prune_model(m, None, PruneConfig(solver="magnitude", sparsity=0.5), windows=windows)
     for k, v in m.state_dict().items():
         assert torch.equal(before_bad[k].nan_to_num(), v.nan_to_num()), k

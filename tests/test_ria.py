@@ -76,7 +76,7 @@ def test_bad_option_names_field():
     with pytest.raises(SolverError, match="ria.a"):
         prune_layer(W, G, solver="ria", a=-1)
     with pytest.raises(SolverError, match="ria.a"):
-        SOLVERS["ria"].fn(LayerProblem(W=W, G=G), parse_pattern("unstructured"), 0.5, {"a": "x"}, SolveContext())
+        SOLVERS["ria"].run(LayerProblem(W=W, G=G), parse_pattern("unstructured"), 0.5, options={"a": "x"}, ctx=SolveContext())
 
 
 def test_composes_with_sparsegpt_update():

@@ -1,4 +1,4 @@
-"""SparseLLM block solver (algorithms.md §6; invariants 8b and 20).
+"""SparseLLM block solver (docs/algorithms.md, "SparseLLM"; invariants 8b and 20).
 
 Fast tests run on seeded tiny Llama (SwiGLU) and OPT (ReLU + biases) models built here from transformers
 configs (hidden 64, intermediate 128, 2 layers) and on ``pruning.models.tiny_model`` families; the ``slow``
@@ -12,10 +12,11 @@ from torch import nn
 
 from pruning.config import PruneConfig
 from pruning.patterns import check_mask, parse_pattern
-from pruning.pipeline import BlockInputs, BlockJob, capture_inputs, collect_grams, prune_model
-from pruning.blocks import block_linears, find_blocks
-from pruning.solvers import SOLVERS, SolveContext
-from pruning.solvers.sparsellm import FFN, find_ffn, ridge_refit, s_update, z_update
+from pruning.pipeline import BlockInputs, capture_inputs, collect_grams, ffn_problem, prune_model
+from pruning.blocks import FFN, block_linears, find_blocks, find_ffn
+from pruning.solve import rel_error
+from pruning.solvers import SOLVERS, BlockProblem, SolveContext
+from pruning.solvers.sparsellm import ffn_forward, ridge_refit, s_update, z_update
 
 FFN_NAMES = {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "fc1", "fc2"}
 
@@ -85,36 +86,85 @@ def test_more_epochs_lower_ffn_error(family):
         assert info["ffn_rel_error"] <= info["ffn_rel_error_epoch1"]
 
 
+class Job:
+    """A block's FFN as the pipeline hands it to the block solver, plus what a test checks it against."""
+
+    def __init__(self, model, block=0, sparsity=0.5, pattern="unstructured", win=None, **opts):
+        win = windows() if win is None else win
+        inputs = capture_inputs(model, win, 8)
+        _, blocks = find_blocks(model)
+        blk = blocks[block]
+        self.linears = block_linears(blk)
+        col, _ = collect_grams(blk, self.linears, inputs)
+        grams = {n: col.gram(n) for n in self.linears}
+        self.ffn, _ = find_ffn(blk, list(self.linears))
+        self.opts = SOLVERS.resolve_options("sparsellm", opts)
+        self.warns, self.recs = [], []
+        self.problem = ffn_problem(blk, inputs, self.linears, grams, self.ffn, int(self.opts["max_tokens"]), block)
+        self.pattern, self.sparsity = parse_pattern(pattern), sparsity
+
+    def solve(self):
+        return SOLVERS["sparsellm"].block_fn(self.problem, self.pattern, self.sparsity, self.opts,
+                                             SolveContext(self.recs.append, self.warns.append))
+
+
 def _block_job(model, block=0, sparsity=0.5, pattern="unstructured", win=None, **opts):
-    win = windows() if win is None else win
-    inputs = capture_inputs(model, win, 8)
-    _, blocks = find_blocks(model)
-    blk = blocks[block]
-    lins = block_linears(blk)
-    col, _ = collect_grams(blk, lins, inputs)
-    warns, recs = [], []
-    job = BlockJob(block, blk, inputs, lins, {n: col.gram(n) for n in lins}, parse_pattern(pattern), sparsity,
-                   SOLVERS.resolve_options("sparsellm", opts), SolveContext(recs.append, warns.append), lambda: None)
-    return job, warns, recs
+    job = Job(model, block, sparsity, pattern, win, **opts)
+    return job, job.warns, job.recs
 
 
 @pytest.mark.parametrize("family", ["llama", "opt"])
 def test_block_fn_contract(family):
-    """Returns a solution for every linear, exact sparsity, finite weights; the block is left untouched;
+    """Returns a solution for every FFN linear, exact sparsity, finite weights; the block is left untouched;
     one iteration record per epoch."""
     m = tiny(family)
     job, warns, recs = _block_job(m, epochs=3)
     before = {n: l.get_weight().detach().clone() for n, l in job.linears.items()}
-    sols = SOLVERS["sparsellm"].block_fn(job)
-    assert set(sols) == set(job.linears)
+    sols = job.solve()
+    assert set(sols) == set(job.ffn.names)
     for n, s in sols.items():
         assert torch.equal(job.linears[n].get_weight(), before[n]), f"{n} was modified in place"
         assert torch.isfinite(s.weight).all()
         check_mask(s.mask, parse_pattern("unstructured"), 0.5)
         assert torch.equal(s.weight == 0, ~s.mask | (before[n] == 0) | (s.weight == 0))
-        assert 0 <= s.rel_error < 1
+        err = rel_error(before[n].float(), s.weight, job.problem.grams[n])
+        assert 0 <= err < 1
+        assert s.trace[s.info["returned_epoch"] - 1]["rel_error"] == pytest.approx(err, rel=1e-9)
     assert [r["iter"] for r in recs] == [1, 2, 3]
     assert warns == []
+
+
+def test_block_problem_of_plain_tensors():
+    """The block solver needs no model: a hand-built BlockProblem (random SwiGLU FFN, its own X and Y) is solved,
+    and the returned FFN beats SparseGPT (epoch 1) on its own tokens."""
+    g = torch.Generator().manual_seed(0)
+    h, m, T = 16, 32, 256
+    W = {"g": torch.randn(m, h, generator=g) / 4, "u": torch.randn(m, h, generator=g) / 4, "d": torch.randn(h, m, generator=g) / 6}
+    b = {n: None for n in W}
+    ffn = FFN("gated", {"gate": "g", "up": "u", "down": "d"}, nn.SiLU())
+    X = torch.randn(T, h, generator=g) @ (torch.eye(h) + 0.3 * torch.randn(h, h, generator=g))
+    Y = ffn_forward(ffn, W, b, X)
+    act = torch.nn.functional.silu(X @ W["g"].T) * (X @ W["u"].T)
+    grams = {"g": X.T @ X, "u": X.T @ X, "d": act.T @ act}
+    problem = BlockProblem(W=W, bias=b, grams=grams, X=X, Y=Y, ffn=ffn, total_tokens=T)
+    recs = []
+    opts = SOLVERS.resolve_options("sparsellm", {"epochs": 3})
+    out = SOLVERS["sparsellm"].block_fn(problem, parse_pattern("unstructured"), 0.6, opts, SolveContext(recs.append, None))
+    assert set(out) == {"g", "u", "d"}
+    for n, o in out.items():
+        check_mask(o.mask, parse_pattern("unstructured"), 0.6)
+        assert torch.isfinite(o.weight).all() and bool((o.weight[~o.mask] == 0).all())
+    info = out["d"].info
+    assert [r["iter"] for r in recs] == [1, 2, 3] and info["aux_tokens"] == T
+    assert info["ffn_rel_error"] <= info["ffn_rel_error_epoch1"]
+    assert info["ffn_rel_error"] == pytest.approx(
+        float(((Y - ffn_forward(ffn, {n: o.weight for n, o in out.items()}, b, X)).double() ** 2).sum() / (Y.double() ** 2).sum()),
+        rel=1e-4)
+    # a Y the FFN cannot produce: the solver declines (the pipeline then prunes layer by layer) and says why
+    warns = []
+    bad = BlockProblem(W=W, bias=b, grams=grams, X=X, Y=Y.flip(0), ffn=ffn, total_tokens=T)
+    assert SOLVERS["sparsellm"].block_fn(bad, parse_pattern("unstructured"), 0.6, opts, SolveContext(None, warns.append)) is None
+    assert len(warns) == 1 and "differs from the block's own FFN output" in warns[0]
 
 
 @pytest.mark.parametrize("family", ["llama", "opt"])
@@ -122,7 +172,7 @@ def test_block_fn_contract(family):
 def test_patterns(family, pattern):
     job, _, _ = _block_job(tiny(family), pattern=pattern, epochs=2)
     pat = parse_pattern(pattern)
-    for s in SOLVERS["sparsellm"].block_fn(job).values():
+    for s in job.solve().values():
         check_mask(s.mask, pat, pat.sparsity(0.5))
 
 
@@ -173,7 +223,7 @@ def test_fallback_matches_sparsegpt_without_ffn():
 def test_token_cap_warns_and_bounds():
     m = tiny("llama")
     job, warns, _ = _block_job(m, epochs=2, max_tokens=50)
-    sols = SOLVERS["sparsellm"].block_fn(job)
+    sols = job.solve()
     assert sols["mlp.down_proj"].info["aux_tokens"] == 50
     cap = [w for w in warns if "max_tokens=50" in w]
     assert len(cap) == 1 and "512 calibration tokens" in cap[0]
@@ -198,10 +248,10 @@ def test_accumulate_damping_option():
     """The official quirk (gate/up damping grows each epoch) is opt-in and is reported."""
     m = tiny("llama")
     job, _, _ = _block_job(m, epochs=3, keep_best=False, accumulate_damping=True)
-    info = SOLVERS["sparsellm"].block_fn(job)["mlp.up_proj"].info
+    info = job.solve()["mlp.up_proj"].info
     assert info["damping_used"] == pytest.approx(1.01**3 - 1)
     job, _, _ = _block_job(m, epochs=3, keep_best=False)
-    assert SOLVERS["sparsellm"].block_fn(job)["mlp.up_proj"].info["damping_used"] == pytest.approx(0.01)
+    assert job.solve()["mlp.up_proj"].info["damping_used"] == pytest.approx(0.01)
 
 
 # ---------------------------------------------------------------------------------------------- the updates
@@ -327,9 +377,10 @@ def test_smollm2_two_blocks(smollm2):
         before = {n: l.get_weight().detach().clone() for n, l in lins.items()}
         col, outs = collect_grams(blk, lins, inputs)
         recs = []
-        job = BlockJob(b, blk, inputs, lins, {n: col.gram(n) for n in lins}, parse_pattern("unstructured"), 0.5,
-                       SOLVERS.resolve_options("sparsellm", {"epochs": 2}), SolveContext(recs.append, None), lambda: None)
-        sols = spec.block_fn(job)
+        ffn, _ = find_ffn(blk, list(lins))
+        opts = SOLVERS.resolve_options("sparsellm", {"epochs": 2})
+        problem = ffn_problem(blk, inputs, lins, {n: col.gram(n) for n in lins}, ffn, int(opts["max_tokens"]), b)
+        sols = spec.block_fn(problem, parse_pattern("unstructured"), 0.5, opts, SolveContext(recs.append, None))
         errs = [r["ffn_rel_error"] for r in recs]
         print(f"block {b}: FFN rel error per epoch {[round(e, 5) for e in errs]}")
         assert len(errs) == 2 and errs[1] < errs[0]

@@ -8,8 +8,17 @@ Three kinds:
 * ``mask``   -- chooses a mask, keeps surviving weights unchanged (magnitude, Wanda, RIA, SparseFW);
                may be followed by any fixed-mask weight update from ``UPDATES`` (composition);
 * ``update`` -- chooses the mask and updates the weights (SparseGPT, ADMM);
-* ``block``  -- couples several linears of a decoder block (SparseLLM); the pipeline calls its
-               ``block_fn``; ``fn`` is what it does for a lone layer.
+* ``block``  -- couples several linears of a decoder block (SparseLLM); the pipeline gathers a
+               :class:`BlockProblem` (plain tensors: weights, Grams, the FFN's input/output activations)
+               and calls its ``block_fn``; ``fn`` is what it does for a lone layer.
+
+Options are validated once, here (``SolverSpec.resolve`` / ``split_options``): a solver's ``fn`` receives
+them resolved (every declared option present, already checked) and never validates them again. Call
+``spec.run(...)`` to get the validation and the "needs a Gram" check for a direct call.
+
+Each registration may also declare ``cost``: a pure function ``(d_out, d_in, opts) -> dict`` of operation
+counts (see ``pruning.cost_model``, which turns counts into seconds with this machine's rates). A solver
+without one gets "no estimate", never another solver's cost.
 """
 from __future__ import annotations
 
@@ -29,6 +38,15 @@ class SolverError(InputError):
     """Bad solver name, option or input; the message names the field and what is allowed."""
 
 
+def validate_sparsity(sparsity: float, field_name: str = "sparsity") -> float:
+    """``sparsity`` as a float in [0, 1), or SolverError naming the field."""
+    try:
+        s = float(sparsity)
+    except (TypeError, ValueError):
+        raise SolverError(f"{field_name}: expected a number in [0, 1), got {sparsity!r}") from None
+    if not (0.0 <= s < 1.0):
+        raise SolverError(f"{field_name}: {sparsity!r} is outside the allowed range [0, 1)")
+    return s
 
 
 @dataclass(frozen=True)
@@ -97,6 +115,29 @@ class LayerProblem:
 
 
 @dataclass
+class BlockProblem:
+    """What a block solver (kind 'block') receives for one decoder block's FFN: plain tensors only.
+
+    W[name]: (d_out, d_in) float32 dense weights of the FFN linears (copies; the solver may not write the block);
+    bias[name]: (d_out,) float32 or None; grams[name]: (d_in, d_in) float32 dense input Gram Σ x xᵀ (all
+    calibration tokens); X: (T, hidden) float32 FFN input, Y: (T, hidden) float32 dense FFN output, on T tokens
+    (an evenly spaced subset of ``total_tokens`` above the solver's cap); ffn: the roles and the activation
+    (a ``pruning.blocks.FFN``: ``kind`` 'gated'|'relu', ``roles`` {role: name}, ``act``, ``names``, ``first``,
+    ``last``; the solver reads only these attributes, so it needs nothing from the model side).
+    """
+
+    W: dict[str, torch.Tensor]
+    bias: dict[str, torch.Tensor | None]
+    grams: dict[str, torch.Tensor]
+    X: torch.Tensor
+    Y: torch.Tensor
+    ffn: Any
+    total_tokens: int = 0
+    index: int = 0  # block index (for messages)
+    check_cancel: Callable[[], None] = lambda: None
+
+
+@dataclass
 class SolveContext:
     """Callbacks a solver may use: per-iteration records and warnings (e.g. damping raised).
 
@@ -132,6 +173,15 @@ class SolverOutput:
 
 @dataclass(frozen=True)
 class SolverSpec:
+    """A registered solver or update.
+
+    ``needs``: what the pipeline must gather besides the Grams, e.g. ("ffn_io",) for a block solver that needs
+    the FFN input X and output Y (capped at the solver's ``max_tokens`` option if it declares one). ``cost``: pure
+    ``(d_out, d_in, opts, *, sparsity, device) -> operation counts`` of one layer (see ``pruning.cost_model``), or
+    None (no estimate); it may ignore the keyword arguments (declare ``**_``). ``block_fn(problem: BlockProblem, pattern, sparsity, opts,
+    ctx) -> {name: SolverOutput}`` for kind 'block'.
+    """
+
     name: str
     fn: Callable[..., SolverOutput]
     kind: str  # 'mask' | 'update' | 'block'
@@ -139,12 +189,31 @@ class SolverSpec:
     options: tuple[Option, ...]
     summary: str = ""
     paper: str = ""
-    reference: str = ""
     block_fn: Callable[..., Any] | None = None
-    patterns: tuple[str, ...] = ("unstructured", "per-row", "nm")
+    needs: tuple[str, ...] = ()
+    cost: Callable[..., dict] | None = None
+    lone_layer: str = ""  # what ``fn`` does for a lone layer, for messages (block solvers), e.g. "SparseGPT"
 
     def defaults(self) -> dict:
         return {o.name: o.default for o in self.options}
+
+    def resolve(self, options: dict, *, strict: bool = True, what: str = "solver") -> dict:
+        """Validated options: defaults filled in; with strict, unknown keys raise (naming the allowed ones)."""
+        known = {o.name: o for o in self.options}
+        if strict:
+            unknown = sorted(set(options) - set(known))
+            if unknown:
+                allowed = ", ".join(known) or "(none)"
+                raise SolverError(f"options: {unknown} not accepted by {what} {self.name!r}; allowed: {allowed}")
+        return {o.name: (o.validate(options[o.name], self.name) if o.name in options else o.default) for o in self.options}
+
+    def run(self, problem: LayerProblem, *args, options: dict | None = None, ctx: SolveContext | None = None) -> SolverOutput:
+        """``fn`` with validated options and the Gram check, for a direct call: a solver takes
+        ``(problem, pattern, sparsity)``, an update ``(problem, keep)``."""
+        opts = self.resolve(dict(options or {}))
+        if self.needs_gram and problem.G is None:
+            raise SolverError(f"gram: {self.name!r} needs calibration statistics (the Gram X Xᵀ); got None")
+        return self.fn(problem, *args, opts, ctx or SolveContext())
 
     def to_dict(self) -> dict:
         return {
@@ -201,18 +270,33 @@ class Registry:
 
     def resolve_options(self, name: str, options: dict, *, strict: bool = True) -> dict:
         """Validated options for ``name``: defaults filled in. With strict, unknown keys raise."""
-        spec = self.get(name)
-        known = {o.name: o for o in spec.options}
-        if strict:
-            unknown = sorted(set(options) - set(known))
-            if unknown:
-                allowed = ", ".join(known) or "(none)"
-                raise SolverError(f"options: {unknown} not accepted by {self.what} {name!r}; allowed: {allowed}")
-        out = {}
-        for o in spec.options:
-            out[o.name] = o.validate(options[o.name], name) if o.name in options else o.default
-        return out
+        return self.get(name).resolve(options, strict=strict, what=self.what)
 
 
 SOLVERS = Registry("solver")
 UPDATES = Registry("update")
+
+
+def split_options(solver: str, update: str, options: dict) -> tuple[dict, dict]:
+    """Validate ``options`` against the solver's and the update's declared options (a name may serve both);
+    returns (solver options, update options), resolved."""
+    s_spec, u_spec = SOLVERS.get(solver), UPDATES.get(update)
+    s_names = {o.name for o in s_spec.options}
+    u_names = {o.name for o in u_spec.options} if update != "none" else set()
+    unknown = sorted(set(options) - s_names - u_names)
+    if unknown:
+        allowed = sorted(s_names | u_names)
+        raise SolverError(
+            f"options: {unknown} not accepted by solver {solver!r}"
+            + (f" with update {update!r}" if update != "none" else "")
+            + f"; allowed: {', '.join(allowed) or '(none)'}"
+        )
+    s_opts = s_spec.resolve({k: v for k, v in options.items() if k in s_names})
+    u_opts = u_spec.resolve({k: v for k, v in options.items() if k in u_names}, what="update")
+    return s_opts, u_opts
+
+
+@UPDATES.register("none", kind="update", needs_gram=False, summary="Keep surviving weights unchanged (mask only).",
+                  cost=lambda d_out, d_in, opts: {})
+def no_update(p: LayerProblem, keep: torch.Tensor, opts: dict, ctx: SolveContext) -> SolverOutput:
+    return SolverOutput(weight=p.W * keep, mask=keep)

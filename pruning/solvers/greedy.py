@@ -22,6 +22,11 @@ def _mask_only(W: torch.Tensor, score: torch.Tensor, pattern: Pattern, sparsity:
     return SolverOutput(weight=W * keep, mask=keep)
 
 
+def selection_cost(d_out: int, d_in: int, opts: dict, **_) -> dict:
+    """Operation counts (``pruning.cost_model``): one score pass and one mask selection over the matrix."""
+    return {"selected_values": d_out * d_in}
+
+
 def wanda_score(W: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     """|W_ij| * ||X_j||: (d_out, d_in)."""
     return W.abs() * torch.diagonal(G).clamp_min(0).sqrt().unsqueeze(0)
@@ -33,7 +38,7 @@ def wanda_score(W: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
     needs_gram=False,
     summary="Prune the smallest |W|. No data, no weight update: the baseline every method must beat.",
     paper="https://arxiv.org/abs/1506.02626",
-    reference="locuslab/wanda lib/prune.py:prune_magnitude",
+    cost=selection_cost,
 )
 def magnitude(p: LayerProblem, pattern: Pattern, sparsity: float, opts: dict, ctx: SolveContext) -> SolverOutput:
     return _mask_only(p.W, p.W.abs(), pattern, sparsity)
@@ -45,7 +50,7 @@ def magnitude(p: LayerProblem, pattern: Pattern, sparsity: float, opts: dict, ct
     needs_gram=True,
     summary="Prune the smallest |W_ij|·‖X_j‖ (weight times input-activation norm). One forward, no weight update.",
     paper="https://arxiv.org/abs/2306.11695",
-    reference="locuslab/wanda lib/prune.py:prune_wanda",
+    cost=selection_cost,
 )
 def wanda(p: LayerProblem, pattern: Pattern, sparsity: float, opts: dict, ctx: SolveContext) -> SolverOutput:
     return _mask_only(p.W, wanda_score(p.W, p.G), pattern, sparsity)

@@ -26,6 +26,7 @@ import torch
 
 from ..patterns import Pattern, select_mask
 from .base import SOLVERS, LayerProblem, Option, SolveContext, SolverOutput
+from .greedy import selection_cost
 
 RIA_DEFAULT_A = 0.5  # official main.py --a default
 
@@ -54,9 +55,8 @@ def ria_score(W: torch.Tensor, G: torch.Tensor, a: float = RIA_DEFAULT_A) -> tor
     summary="Prune the smallest relative importance (|W_ij| over its row sum plus over its column sum) times "
     "‖X_j‖^a. One forward, no weight update.",
     paper="https://github.com/biomedical-cybernetics/Relative-importance-and-activation-pruning",
-    reference="biomedical-cybernetics/Relative-importance-and-activation-pruning lib/prune.py:prune_ria",
+    cost=selection_cost,
 )
 def ria(p: LayerProblem, pattern: Pattern, sparsity: float, opts: dict, ctx: SolveContext) -> SolverOutput:
-    opts = SOLVERS.resolve_options("ria", opts)
     keep = select_mask(ria_score(p.W, p.G, opts["a"]), pattern, sparsity)
     return SolverOutput(weight=p.W * keep, mask=keep, info={"a": opts["a"]})

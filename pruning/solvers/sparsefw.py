@@ -2,7 +2,7 @@
 
 Roux, Zimmer, d'Aspremont & Pokutta, "Don't Be Greedy, Just Relax! Pruning LLMs via Frank-Wolfe",
 arXiv 2510.13713 (main text of the ICLR-2026 submission; the appendix and code were not available, so
-nothing here is checked against a reference implementation -- see ``docs/sparsefw.md``).
+nothing here is checked against a reference implementation -- see docs/algorithms.md, "SparseFW").
 
 Problem, with M the **keep**-mask (1 = kept, as everywhere in this project) and k the number of kept weights:
 
@@ -35,23 +35,22 @@ Problem, with M the **keep**-mask (1 = kept, as everywhere in this project) and 
 Defaults: T = ``DEFAULT_ITERS`` = 50, sized for a CPU run of SmolLM2-135M (210 linears) within minutes; with
 α = 0.9 the rounded error of SmolLM2 layers has converged by then (31.8 % below Wanda at T = 50 vs 32.0 % at
 200, per-row 50 %). The paper's ``PAPER_ITERS`` = 2000 is available through ``iters`` (GPU). α = 0.9 and the
-Wanda warm start are the paper's defaults. ``estimate_seconds`` is the cost model the UI shows before a run.
+Wanda warm start are the paper's defaults. The time a run takes is predicted by ``pruning.cost_model`` from the
+operation counts of :func:`sparsefw_cost` (declared with the registration below).
 """
 from __future__ import annotations
 
-import time
 import warnings
 
 import torch
 
-from ..cost_model import best_measurement, timed_call
 from ..patterns import Pattern, _floor, select_mask
 from .base import SOLVERS, LayerProblem, Option, SolveContext, SolverError, SolverOutput
 from .greedy import wanda_score
 from .ria import RIA_DEFAULT_A, ria_score
 
 PAPER_ITERS = 2000
-DEFAULT_ITERS = 50  # CPU-sized default (SmolLM2 in minutes; the rounded error has converged by ~50 at α = 0.9), docs/sparsefw.md
+DEFAULT_ITERS = 50  # CPU-sized default (SmolLM2 in minutes; the rounded error has converged by ~50 at α = 0.9), docs/algorithms.md
 DEFAULT_ALPHA = 0.9
 DEFAULT_ROUND_EVERY = 25  # each checkpoint costs a sort + one dense product (≈ 2-6 iterations)
 WARM_STARTS = ("wanda", "ria")
@@ -126,14 +125,11 @@ class _Units:
         return self.k_lmo - F.reshape(self.lmo_view).sum(dim=1)
 
 
-def _csr_product(W: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    """S G for the CSR matrix S (shape of W) with entries ``vals`` at (rows, cols), rows non-decreasing."""
-    crow = torch.zeros(W.shape[0] + 1, dtype=torch.int64, device=W.device)
-    crow[1:] = torch.bincount(rows, minlength=W.shape[0]).cumsum(0)
+def _csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """The CSR matrix with row pointers ``crow``, column indices ``cols`` and values ``vals`` (no invariant check)."""
     with warnings.catch_warnings():  # "sparse CSR support is in beta" / invariant-check notices
         warnings.simplefilter("ignore", UserWarning)
-        S = torch.sparse_csr_tensor(crow, cols, vals, size=tuple(W.shape), check_invariants=False)
-    return S @ G
+        return torch.sparse_csr_tensor(crow, cols, vals, size=tuple(shape), check_invariants=False)
 
 
 class FrankWolfeMask:
@@ -217,13 +213,13 @@ class FrankWolfeMask:
             idx = torch.sort(idx, dim=1).values
             d_out, b = idx.shape
             crow = torch.arange(0, (d_out + 1) * b, b, dtype=torch.int64, device=W.device)
-            vals = W.gather(1, idx) * V_free.gather(1, idx)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                S = torch.sparse_csr_tensor(crow, idx.reshape(-1), vals.reshape(-1), size=tuple(W.shape), check_invariants=False)
-            return self.P_F + S @ G
-        rows, cols = V_free.nonzero(as_tuple=True)  # row-major order
-        return self.P_F + _csr_product(W, rows, cols, W[rows, cols], G)
+            cols, vals = idx.reshape(-1), (W.gather(1, idx) * V_free.gather(1, idx)).reshape(-1)
+        else:
+            rows, cols = V_free.nonzero(as_tuple=True)  # row-major order
+            crow = torch.zeros(W.shape[0] + 1, dtype=torch.int64, device=W.device)
+            crow[1:] = torch.bincount(rows, minlength=W.shape[0]).cumsum(0)
+            vals = W[rows, cols]
+        return self.P_F + _csr(crow, cols, vals, tuple(W.shape)) @ G
 
     def step(self, V_free: torch.Tensor) -> float:
         """M_{t+1} = M_t + η_t (V_t − M_t), η_t = 2/(t+2); returns η_t."""
@@ -246,11 +242,6 @@ class FrankWolfeMask:
         return self.rel((R * self.W * ~keep).sum())
 
 
-def _resolve(opts: dict) -> dict:
-    """Validated options with defaults (also for direct calls that bypass prune_layer)."""
-    return SOLVERS.resolve_options("sparsefw", dict(opts))
-
-
 # ----------------------------------------------------------------------------------------------- solver
 @SOLVERS.register(
     "sparsefw",
@@ -260,14 +251,12 @@ def _resolve(opts: dict) -> dict:
     summary="Frank-Wolfe on the relaxed keep-mask (0 ≤ M ≤ 1, ‖M‖₁ ≤ k) from a Wanda/RIA warm start with the "
     "top α of the kept weights fixed, then round to the top-k. Mask only.",
     paper="https://arxiv.org/abs/2510.13713",
-    reference="none public (paper main text only)",
+    cost=lambda d_out, d_in, opts, **kw: sparsefw_cost(d_out, d_in, opts, **kw),
 )
-@torch.no_grad()
 def sparsefw(p: LayerProblem, pattern: Pattern, sparsity: float, opts: dict, ctx: SolveContext) -> SolverOutput:
-    o = _resolve(opts)
+    """SparseFW on one layer (module docstring); ``opts`` resolved. Mask only: kept weights are W's."""
+    o = opts
     T, every = int(o["iters"]), int(o["round_every"])
-    if p.G is None:
-        raise SolverError("gram: solver 'sparsefw' needs calibration statistics (the Gram X Xᵀ); got None")
     fw = FrankWolfeMask(p.W, p.G, pattern, sparsity, alpha=float(o["alpha"]), warm_start=o["warm_start"], ria_a=float(o["ria_a"]))
     warm_err = fw.warm_error
     info = {"iters": T, "alpha": float(o["alpha"]), "warm_start": o["warm_start"], "kept": fw.units.k_total,
@@ -275,12 +264,11 @@ def sparsefw(p: LayerProblem, pattern: Pattern, sparsity: float, opts: dict, ctx
     if T == 0 or fw.max_budget == 0 or fw.norm <= 0:  # nothing to optimise: the warm-start mask, exactly
         rec = {"iter": 0, "objective": warm_err, "fw_gap": 0.0, "rounded_error": warm_err, "step": 0.0}
         ctx.iteration(rec)
-        info.update(rounded_error=warm_err, objective=warm_err, fw_gap=0.0, reduction_vs_warm=0.0, seconds_per_iter=0.0)
+        info.update(rounded_error=warm_err, objective=warm_err, fw_gap=0.0, reduction_vs_warm=0.0)
         return SolverOutput(weight=p.W * fw.warm, mask=fw.warm, trace=[rec], info=info)
 
     trace: list[dict] = []
     keep = fw.warm
-    t0 = time.perf_counter()
     for t in range(T + 1):
         g = fw.gradient()  # (d_out, d_in), 0 on F
         V_free, g_V = fw.lmo(g)
@@ -299,71 +287,37 @@ def sparsefw(p: LayerProblem, pattern: Pattern, sparsity: float, opts: dict, ctx
         ctx.iteration(rec)
         if t < T:
             fw.step(V_free)
-    if p.W.is_cuda:
-        torch.cuda.synchronize(p.W.device)
     final = trace[-1]
     info.update(
         rounded_error=final["rounded_error"],
         objective=final["objective"],
         fw_gap=final["fw_gap"],
         reduction_vs_warm=(1 - final["rounded_error"] / warm_err) if warm_err > 0 else 0.0,
-        seconds_per_iter=(time.perf_counter() - t0) / T,
     )
     return SolverOutput(weight=p.W * keep, mask=keep, trace=trace, info=info)
 
 
-# ----------------------------------------------------------------------------------------------- cost model
-def device_rates(device: str = "cpu") -> dict:
-    """Throughputs of the three primitives of an iteration (~0.1 s on a CPU; measured again later and the best kept,
-    see ``estimate.best_measurement``): ``mm`` dense float32 matmul FLOP/s, ``select`` values/s of a per-row top-k
-    (5 % of 512-wide rows), ``sort`` values/s of a per-row float64 sort (the rounding's ``select_mask``)."""
-    return best_measurement(("sparsefw", str(torch.device(device))), lambda: _measure_rates(device),
-                            lambda a, b: {k: max(a[k], b[k]) for k in a})
+# ----------------------------------------------------------------------------------------------- cost
+def sparsefw_cost(d_out: int, d_in: int, opts: dict, *, sparsity: float = 0.5, device: str = "cpu") -> dict:
+    """Operation counts of one layer, for ``pruning.cost_model`` (pure: no timing here).
 
-
-def _measure_rates(device: str) -> dict:
-    dev = torch.device(device)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(512, 512, generator=gen).to(dev)
-    x = torch.randn(512, 512, generator=gen).to(dev)
-    xd = x.double()
-
-    def timed(fn) -> float:
-        return timed_call(fn, dev)
-
-    return {
-        "mm": 2 * 512**3 / timed(lambda: a @ x),
-        "select": x.numel() / timed(lambda: torch.topk(x, 26, dim=1, largest=False, sorted=False)),
-        "sort": x.numel() / timed(lambda: torch.sort(xd, dim=1, stable=True)),
-    }
-
-
-# Cost-model coefficients, fitted to per-layer times measured on SmolLM2 layers (docs/sparsefw.md):
-_C_SELECT = 1.6  # an iteration's LMO + ~15 elementwise passes, in units of one per-row top-k over d_out·d_in values
-_C_SPARSE = 20.0  # CPU CSR product: cost per useful FLOP relative to a dense matmul (measured 2.4 vs 48 GFLOP/s)
-_C_SETUP_SORTS = 3.0  # warm-start mask, fixed set and final rounding
-_C_SETUP_MM = 8.0  # H = WG, (W⊙F)G, final error, and prune_layer's float64 rel_error (≈ 4 float32 products)
-_C_CHECK_SORT, _C_CHECK_MM = 1.2, 2.0  # one rounded-error checkpoint: select_mask's sort + the error product
-
-
-def estimate_seconds(d_out: int, d_in: int, iters: int = DEFAULT_ITERS, device: str | torch.device = "cpu", *,
-                     alpha: float = DEFAULT_ALPHA, sparsity: float = 0.5, round_every: int = DEFAULT_ROUND_EVERY) -> float:
-    """Predicted wall-clock seconds of ``prune_layer(..., solver="sparsefw")`` on one (d_out, d_in) layer.
-
-    Per iteration: the LMO (a top-k over the d_out·d_in gradient) + the vertex product (W⊙V)G (sparse on CPU:
-    ~(1−α)(1−s)·d_out·d_in non-zeros times d_in; a dense d_out·d_in·d_in product on GPU); per rounded-error
-    checkpoint (every ``round_every`` iterations and at the end): a sort + one dense product; plus setup.
-    Throughputs come from ``device_rates(device)``. Expect ±2× (machine load).
-    Sum over the layers of a model for a whole-run estimate.
+    Per iteration: the LMO (a top-k over the d_out·d_in gradient, plus ~15 elementwise passes: ``fw_lmo_values``)
+    and the vertex product (W⊙V)G: on CPU a CSR product over the ~(1−α)(1−s)·d_out·d_in free non-zeros
+    (``sparse_flops``), else a dense d_out·d_in·d_in product; per rounded-error checkpoint (every ``round_every``
+    iterations and at the end) one sort (``sorted_values``) and one error product; setup: the warm-start mask, the
+    fixed set and the final rounding (3 sorts) and H = WG, (W⊙F)G, the final error and rel_error (≈ 4 products).
     """
-    r = device_rates(str(torch.device(device)))
+    iters, alpha, every = int(opts["iters"]), float(opts["alpha"]), int(opts["round_every"])
     n = d_out * d_in
-    dense = 2.0 * n * d_in / r["mm"]
-    nnz = (1 - alpha) * (1 - sparsity) * n
-    cpu_sparse = torch.device(device).type == "cpu" and (1 - alpha) * (1 - sparsity) <= SPARSE_MAX_DENSITY
-    product = _C_SPARSE * 2.0 * nnz * d_in / r["mm"] if cpu_sparse else dense
-    per_iter = _C_SELECT * n / r["select"] + product
-    checkpoints = (iters // round_every if round_every > 0 else 0) + 1 if iters > 0 else 0
-    setup = _C_SETUP_SORTS * n / r["sort"] + _C_SETUP_MM * dense
-    check = _C_CHECK_SORT * n / r["sort"] + _C_CHECK_MM * dense
-    return float(iters * per_iter + checkpoints * check + setup)
+    dense = 2.0 * n * d_in  # flops of one (d_out, d_in) × (d_in, d_in) product
+    free_density = (1 - alpha) * (1 - sparsity)
+    checkpoints = (iters // every if every > 0 else 0) + 1 if iters > 0 else 0
+    # setup ≈ 8 dense products (4 float32 ones and the float64 rel_error) and 3 sorts; a checkpoint's select_mask
+    # costs ≈ 1.2 sorts (its sort plus the tie offsets) and 2 products
+    counts = {"fw_lmo_values": iters * n, "sorted_values": (3.0 + 1.2 * checkpoints) * n,
+              "matmul_flops": (8.0 + 2.0 * checkpoints) * dense}
+    if str(device).startswith("cpu") and free_density <= SPARSE_MAX_DENSITY:
+        counts["sparse_flops"] = iters * 2.0 * free_density * n * d_in
+    else:
+        counts["matmul_flops"] += iters * dense
+    return counts

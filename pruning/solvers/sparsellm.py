@@ -3,9 +3,12 @@
 Bai et al. 2024, "SparseLLM: Towards Global Pruning of Pre-trained Language Models" (NeurIPS 2024,
 arXiv 2402.17946; v1 titled "Gradient-Free Adaptive Global Pruning", AdaGP). Checked against
 BaiTheBest/SparseLLM ``model_utils.py: opt_sparsellm, llama_sparsellm`` and ``pruning_utils.py`` at commit
-27fe26a (algorithms.md §6). Block-level solver: the pipeline calls :func:`sparsellm_block` once per block.
+27fe26a (docs/algorithms.md, "SparseLLM"). Block-level solver: the pipeline gathers a ``BlockProblem`` for the
+FFN of each block (its dense weights and Grams, its input X and output Y on the calibration tokens) and calls
+:func:`sparsellm_ffn`; this module knows no model, hook or pipeline.
 
-Scope, as in the official code: the attention projections are pruned with plain SparseGPT; the FFN is pruned
+Scope, as in the official code: the attention projections are pruned with plain SparseGPT (the pipeline's
+per-layer path runs this solver's ``fn``, i.e. SparseGPT with the same damping and blocksize); the FFN is pruned
 jointly. With the FFN input X (T tokens × hidden), its dense output Y, and auxiliary variables per token
 (s = gate pre-activation, z = up output, p = down input) the relaxed objective is
 
@@ -51,70 +54,14 @@ Memory: X, Y (T × hidden) and s, z, p (T × intermediate) are float32 on the bl
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
-from torch import nn
 
-from .base import SOLVERS, LayerProblem, NumericalError, Option, SolveContext, SolverOutput, SolverSpec
-from .sparsegpt import sparsegpt
+from .base import SOLVERS, BlockProblem, LayerProblem, NumericalError, Option, SolveContext, SolverOutput, SolverSpec
+from .linalg import damped_cholesky, rel_error
+from .sparsegpt import sparsegpt, sparsegpt_cost
 
 _CHUNK = 4096  # tokens per chunk in the token-wise updates (bounds temporaries)
 _FFN_CHECK_TOL = 1e-3  # ‖Y − FFN(X)‖²/‖Y‖² above this: the FFN is not what we think it is
-_MAX_RAISES = 8
-
-
-@dataclass
-class FFN:
-    """A recognised FFN inside a block: linear names by role and the activation.
-
-    kind 'gated': roles gate, up, down; out = down(act(gate x) ⊙ up x).
-    kind 'relu' : roles fc1, fc2;        out = fc2(relu(fc1 x)).
-    """
-
-    kind: str
-    roles: dict[str, str]
-    act: Callable[[torch.Tensor], torch.Tensor]
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.roles.values())
-
-    @property
-    def first(self) -> str:  # a linear whose input is the FFN input
-        return self.roles["up"] if self.kind == "gated" else self.roles["fc1"]
-
-    @property
-    def last(self) -> str:  # the linear whose output is the FFN output
-        return self.roles["down"] if self.kind == "gated" else self.roles["fc2"]
-
-
-def find_ffn(block: nn.Module, names: list[str]) -> tuple[FFN | None, str]:
-    """Recognise the FFN among ``names`` (linear names relative to ``block``). Returns (ffn or None, reason)."""
-    for n in names:
-        if n.endswith("gate_proj"):
-            pre = n[: -len("gate_proj")]
-            up, down = pre + "up_proj", pre + "down_proj"
-            if up in names and down in names:
-                parent = block.get_submodule(pre.rstrip(".")) if pre else block
-                act = getattr(parent, "act_fn", None)
-                if not callable(act):
-                    return None, f"{pre}gate/up/down found but the module has no act_fn"
-                return FFN("gated", {"gate": n, "up": up, "down": down}, act), ""
-    for n in names:
-        if n.endswith("fc1"):
-            pre = n[: -len("fc1")]
-            fc2 = pre + "fc2"
-            if fc2 in names:
-                parent = block.get_submodule(pre.rstrip(".")) if pre else block
-                act = getattr(parent, "activation_fn", None)
-                probe = torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0])
-                if not callable(act) or not torch.equal(act(probe), torch.relu(probe)):
-                    return None, f"{pre}fc1/fc2 found but the activation is not ReLU (only ReLU has the closed-form z-update)"
-                return FFN("relu", {"fc1": n, "fc2": fc2}, torch.relu), ""
-    return None, "no gate_proj/up_proj/down_proj nor fc1/fc2 among the block's linears"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -131,7 +78,7 @@ def _chunks(T: int):
         yield slice(i, min(i + _CHUNK, T))
 
 
-def ffn_forward(ffn: FFN, W: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
+def ffn_forward(ffn, W: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
     """FFN output for tokens x (t, hidden), weights W[name] (d_out, d_in) float32, biases b[name] or None."""
     r = ffn.roles
     if ffn.kind == "gated":
@@ -140,7 +87,7 @@ def ffn_forward(ffn: FFN, W: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
     return _lin(torch.relu(_lin(x, W[r["fc1"]], b[r["fc1"]])), W[r["fc2"]], b[r["fc2"]])
 
 
-def ffn_rel_error(ffn: FFN, W: dict, b: dict, X: torch.Tensor, Y: torch.Tensor) -> float:
+def ffn_rel_error(ffn, W: dict, b: dict, X: torch.Tensor, Y: torch.Tensor) -> float:
     """‖Y − FFN_W(X)‖²_F / ‖Y‖²_F over the tokens (rows) of X (T, hidden), Y (T, hidden); float64 sums."""
     num = torch.zeros((), dtype=torch.float64, device=X.device)
     den = torch.zeros((), dtype=torch.float64, device=X.device)
@@ -149,20 +96,6 @@ def ffn_rel_error(ffn: FFN, W: dict, b: dict, X: torch.Tensor, Y: torch.Tensor) 
         num += ((y - ffn_forward(ffn, W, b, X[c])).double() ** 2).sum()
         den += (y.double() ** 2).sum()
     return float(num / den) if float(den) > 0 else float(num)
-
-
-def _cholesky(M: torch.Tensor, lam: float, scale: float, ctx: SolveContext, what: str) -> tuple[torch.Tensor, float]:
-    """(L, λ·scale): lower Cholesky factor of M + λ·scale·I (float64), raising λ ×10 until it factorises."""
-    eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
-    damp = lam
-    for attempt in range(_MAX_RAISES + 1):
-        L, info = torch.linalg.cholesky_ex(M + (damp * scale) * eye)
-        if int(info) == 0 and bool(torch.isfinite(L).all()):
-            if attempt:
-                ctx.warn(f"sparsellm: {what}: Cholesky failed at damping {lam:g}; succeeded at {damp:g}")
-            return L, damp * scale
-        damp = damp * 10 if damp > 0 else 1e-8
-    raise NumericalError(f"sparsellm: {what}: matrix not positive definite even with damping {damp:g}")
 
 
 def ridge_refit(A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None, W_ref: torch.Tensor, lam: float,
@@ -182,7 +115,8 @@ def ridge_refit(A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None, W_r
     scale = float(torch.diagonal(G).mean())
     if scale <= 0:
         return W_ref.clone()
-    L, lam_abs = _cholesky(G, lam, scale, ctx, what)  # (G + λ_abs I) = L Lᵀ
+    L, lam_used = damped_cholesky(G, lam, scale, ctx, f"sparsellm: {what}")  # (G + λ·scale·I) = L Lᵀ
+    lam_abs = lam_used * scale
     Wt = torch.cholesky_solve(R + lam_abs * W_ref.t().double(), L)  # (k, n)
     return Wt.t().to(torch.float32).contiguous()
 
@@ -199,13 +133,13 @@ def _gram(A: torch.Tensor) -> torch.Tensor:
 # auxiliary-variable updates (rows = tokens)
 
 
-def p_update(ffn: FFN, W: dict, b: dict, X, Y, S, Z, P, alpha, beta, gamma, ctx) -> None:
+def p_update(ffn, W: dict, b: dict, X, Y, S, Z, P, alpha, beta, gamma, ctx) -> None:
     """P ← argmin β‖Y − (P Wdᵀ + b_d)‖² + γ‖P − act‖², in place; act = act(S) ⊙ Z or relu(Z)."""
     down = ffn.last
     Wd, bd = W[down], b[down]  # (h, m)
     M = beta * (Wd.t().double() @ Wd.double())  # (m, m)
     M += gamma * torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
-    L, _ = _cholesky(M, 0.0, 1.0, ctx, "p-update")
+    L, _ = damped_cholesky(M, 0.0, 1.0, ctx, "sparsellm: p-update")
     eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
     Minv = torch.cholesky_solve(eye, L).to(torch.float32)  # (m, m) symmetric; cholesky_inverse is ~20× slower on CPU
     for c in _chunks(X.shape[0]):
@@ -214,7 +148,7 @@ def p_update(ffn: FFN, W: dict, b: dict, X, Y, S, Z, P, alpha, beta, gamma, ctx)
         P[c] = (beta * (t @ Wd) + gamma * a) @ Minv
 
 
-def z_update(ffn: FFN, W: dict, b: dict, X, S, Z, P, alpha, gamma) -> None:
+def z_update(ffn, W: dict, b: dict, X, S, Z, P, alpha, gamma) -> None:
     """Z ← argmin α‖Z − (X W_upᵀ + b)‖² + γ‖P − act ⊙ Z‖² (gated) or the ReLU two-branch closed form; in place."""
     up = ffn.roles["up"] if ffn.kind == "gated" else ffn.roles["fc1"]
     for c in _chunks(X.shape[0]):
@@ -231,7 +165,7 @@ def z_update(ffn: FFN, W: dict, b: dict, X, S, Z, P, alpha, gamma) -> None:
             Z[c] = torch.where(f1 <= f2, z1, z2)
 
 
-def s_update(ffn: FFN, W: dict, b: dict, X, S, Z, P, alpha, gamma, steps: int, lr: float) -> None:
+def s_update(ffn, W: dict, b: dict, X, S, Z, P, alpha, gamma, steps: int, lr: float) -> None:
     """``steps`` gradient steps on α(S − X W_gateᵀ − b)² + γ(P − act(S) ⊙ Z)², elementwise, in place.
 
     Safeguard (not in the official code): a step that would raise an element's objective is not taken and that
@@ -261,48 +195,6 @@ def s_update(ffn: FFN, W: dict, b: dict, X, S, Z, P, alpha, gamma, steps: int, l
 
 
 # ----------------------------------------------------------------------------------------------------------
-# capture of X and Y
-
-
-def capture_ffn_io(job, ffn: FFN, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Run the dense block on ``job.inputs``; return (X (T, hidden), Y (T, hidden) float32, total tokens).
-
-    X = input of the FFN's first linear, Y = output of its last linear. Above ``max_tokens`` an evenly spaced
-    subset of tokens is kept (selected inside the hooks, so memory stays bounded).
-    """
-    from ..pipeline import run_block
-
-    total = sum(h.numel() // h.shape[-1] for h in job.inputs.hidden)
-    keep = None
-    if total > max_tokens:
-        keep = torch.linspace(0, total - 1, max_tokens, dtype=torch.float64).round().long()
-    Xs: list[torch.Tensor] = []
-    Ys: list[torch.Tensor] = []
-    offs = {"x": 0, "y": 0}
-
-    def take(t: torch.Tensor, key: str) -> torch.Tensor:
-        t = t.reshape(-1, t.shape[-1])
-        o = offs[key]
-        offs[key] = o + t.shape[0]
-        if keep is None:
-            return t.to(torch.float32, copy=True)
-        sel = keep[(keep >= o) & (keep < o + t.shape[0])] - o
-        return t[sel.to(t.device)].to(torch.float32)
-
-    h1 = job.linears[ffn.first].module.register_forward_pre_hook(lambda m, a: Xs.append(take(a[0], "x")))
-    h2 = job.linears[ffn.last].module.register_forward_hook(lambda m, a, out: Ys.append(take(out, "y")))
-    try:
-        run_block(job.block, job.inputs)
-    finally:
-        h1.remove()
-        h2.remove()
-    X, Y = torch.cat(Xs), torch.cat(Ys)
-    if X.shape[0] != Y.shape[0]:
-        raise RuntimeError(f"sparsellm: captured {X.shape[0]} FFN inputs but {Y.shape[0]} outputs")
-    return X, Y, total
-
-
-# ----------------------------------------------------------------------------------------------------------
 # the block solver
 
 
@@ -310,84 +202,59 @@ def _sg_opts(opts: dict, damping: float | None = None) -> dict:
     return {"damping": opts["damping"] if damping is None else damping, "blocksize": int(opts["blocksize"])}
 
 
-def _sparsegpt_all(job, names: list[str], opts: dict) -> dict:
-    """Plain SparseGPT on ``names``, exactly as the pipeline runs the 'sparsegpt' solver."""
-    from ..solve import solve
-
-    out = {}
-    for name in names:
-        job.check_cancel()
-        G, ntok = job.grams[name]
-        W = job.linears[name].get_weight().detach().to(torch.float32).clone()
-        problem = LayerProblem(W=W, G=G, n_tokens=ntok, name=f"{job.index}.{name}")
-        out[name] = solve(problem, "sparsegpt", job.pattern, job.sparsity, _sg_opts(opts), "none", {}, job.ctx)
-    return out
-
-
-def sparsellm_block(job) -> dict:
-    """SparseLLM on one decoder block (``pruning.pipeline.BlockJob``) -> {linear name: LayerSolution}.
-
-    Attention (and any non-FFN) linears: SparseGPT. FFN: the alternating scheme of the module docstring.
-    The block's weights are never written. Per-epoch FFN output errors go to ``ctx.iteration`` and to the
-    FFN linears' ``trace``; ``info`` holds ``ffn_rel_error_epoch1`` (= SparseGPT), ``ffn_rel_error`` (returned
-    weights), ``returned_epoch`` and ``aux_tokens``.
-    """
-    from ..solve import LayerSolution, rel_error
-
-    from ..blocks import block_linears
-
-    opts, ctx = job.options, job.ctx
-    names = list(job.linears)
-    ffn, reason = find_ffn(job.block, list(block_linears(job.block)))
-    if ffn is None:
-        ctx.warn(f"sparsellm: block {job.index}: {reason}; SparseGPT on every linear")
-        return _sparsegpt_all(job, names, opts)
-    present = [n for n in ffn.names if n in job.linears]
-    if len(present) != len(ffn.names):  # a true-sequential group: the FFN is split over several jobs
-        if ffn.first in present:
-            ctx.warn(f"sparsellm: block {job.index}: true-sequential mode splits the FFN ({', '.join(ffn.names)}) over "
-                     f"separate groups but SparseLLM needs them together; SparseGPT on the FFN linears. "
-                     f"Turn true_sequential off to couple them.")
-        return _sparsegpt_all(job, names, opts)
-    others = [n for n in names if n not in ffn.names]
-    sols = _sparsegpt_all(job, others, opts)
-    if not job.pattern.is_nm and job.sparsity == 0:
-        sols.update(_sparsegpt_all(job, ffn.names, opts))
-        return sols
-
-    t0 = time.perf_counter()
-    epochs = int(opts["epochs"])
-    alpha, beta, gamma = float(opts["alpha"]), float(opts["beta"]), float(opts["gamma"])
-    W0 = {n: job.linears[n].get_weight().detach().to(torch.float32).clone() for n in ffn.names}  # dense
-    bias = {}
-    for n in ffn.names:
-        bb = getattr(job.linears[n].module, "bias", None)
-        bias[n] = None if bb is None else bb.detach().to(device=W0[n].device, dtype=torch.float32).clone()
-
-    X, Y, total = capture_ffn_io(job, ffn, int(opts["max_tokens"]))
-    X, Y = X.to(W0[ffn.first].device), Y.to(W0[ffn.first].device)
-    T = X.shape[0]
-    if T < total and job.index == 0:
-        h, m = X.shape[1], W0[ffn.last].shape[1]
-        mib = 4 * total * (2 * h + 3 * m) / 2**20
+def _warn_tokens(problem: BlockProblem, opts: dict, ctx: SolveContext) -> None:
+    """Advice about the token budget, once per run (on block 0)."""
+    if problem.index != 0:
+        return
+    T, total, ffn = problem.X.shape[0], problem.total_tokens, problem.ffn
+    m_width = problem.W[ffn.last].shape[1]
+    if T < total:
+        h = problem.X.shape[1]
+        mib = 4 * total * (2 * h + 3 * m_width) / 2**20
         ctx.warn(f"sparsellm: {total} calibration tokens per block exceed max_tokens={T}; the FFN auxiliary variables "
                  f"use {T} evenly spaced tokens (all {total} would need ≈{mib:.0f} MiB); SparseGPT Hessians still use "
                  f"all tokens. Raise max_tokens if memory allows.")
-    m_width = W0[ffn.last].shape[1]
-    if T < 2 * m_width and job.index == 0 and epochs > 1:
+    if T < 2 * m_width and int(opts["epochs"]) > 1:
         ctx.warn(f"sparsellm: only {T} calibration tokens for an FFN of width {m_width}: the weight refits nearly "
                  f"interpolate the auxiliary variables and later epochs may not help"
                  f"{' (the epoch with the lowest FFN error is kept)' if opts['keep_best'] else ''}; "
                  f"use at least {2 * m_width} tokens")
+
+
+def _refit_targets(problem: BlockProblem, S, Z, P, lam: float, ctx: SolveContext) -> dict[str, torch.Tensor]:
+    """Update 4: the FFN weights refit to the auxiliary variables (ridge towards the dense weights)."""
+    ffn, X, Y, W0, bias = problem.ffn, problem.X, problem.Y, problem.W, problem.bias
+
+    def refit(inp, target, n):
+        return ridge_refit(inp, target, bias[n], W0[n], lam, ctx, f"block {problem.index} {n} refit")
+
+    r = ffn.roles
+    if ffn.kind == "gated":
+        return {r["up"]: refit(X, Z, r["up"]), r["gate"]: refit(X, S, r["gate"]), r["down"]: refit(P, Y, r["down"])}
+    return {r["fc1"]: refit(X, Z, r["fc1"]), r["fc2"]: refit(P, Y, r["fc2"])}
+
+
+def sparsellm_ffn(problem: BlockProblem, pattern, sparsity: float, opts: dict, ctx: SolveContext) -> dict[str, SolverOutput] | None:
+    """SparseLLM on one block's FFN -> {FFN linear name: SolverOutput}, or None to decline (after a warning).
+
+    Declines when the FFN recomputed from ``problem.W`` does not reproduce ``problem.Y`` (the roles or the
+    activation are not what they seem); the pipeline then prunes those linears one by one with ``fn`` (SparseGPT).
+    Per-epoch FFN output errors go to ``ctx.iteration`` and to each linear's ``trace`` (with its rel_error);
+    ``info`` holds ``ffn_rel_error_epoch1`` (= SparseGPT), ``ffn_rel_error`` (returned weights), ``returned_epoch``
+    and ``aux_tokens``.
+    """
+    ffn, X, Y, W0, bias, grams = problem.ffn, problem.X, problem.Y, problem.W, problem.bias, problem.grams
+    T = X.shape[0]
+    _warn_tokens(problem, opts, ctx)
     check = ffn_rel_error(ffn, W0, bias, X, Y)
     if check > _FFN_CHECK_TOL:
-        ctx.warn(f"sparsellm: block {job.index}: the FFN recomputed from {', '.join(ffn.names)} differs from the block's "
-                 f"own FFN output (relative error {check:.2e}); SparseGPT on the FFN linears instead")
-        sols.update(_sparsegpt_all(job, ffn.names, opts))
-        return sols
+        ctx.warn(f"sparsellm: block {problem.index}: the FFN recomputed from {', '.join(ffn.names)} differs from the "
+                 f"block's own FFN output (relative error {check:.2e}); SparseGPT on the FFN linears instead")
+        return None
 
+    epochs = int(opts["epochs"])
+    alpha, beta, gamma = float(opts["alpha"]), float(opts["beta"]), float(opts["gamma"])
     damping = float(opts["damping"])
-    grams = {n: job.grams[n][0] for n in ffn.names}
     in_names = [n for n in ffn.names if n != ffn.last]
     history: list[dict] = []  # per epoch: FFN error and per-linear rel_error (scalars only)
     chosen: dict = {}  # weights/masks/damping of the epoch to return so far (only one copy is kept)
@@ -395,42 +262,33 @@ def sparsellm_block(job) -> dict:
     Wcur: dict[str, torch.Tensor] = {}
     info_extra: dict = {}
     for e in range(epochs):
-        job.check_cancel()
+        problem.check_cancel()
         try:
-            if e == 0:
+            if e == 0:  # epoch 1: SparseGPT on the dense weights and Grams
                 targets = {n: W0[n] for n in ffn.names}
                 hess = dict(grams)
             else:
                 if P is None:  # aux variables start at the dense intermediates
                     S, Z, P = _init_aux(ffn, W0, bias, X)
-                p_update(ffn, Wcur, bias, X, Y, S, Z, P, alpha, beta, gamma, ctx)
-                z_update(ffn, Wcur, bias, X, S, Z, P, alpha, gamma)
+                p_update(ffn, Wcur, bias, X, Y, S, Z, P, alpha, beta, gamma, ctx)  # update 1
+                z_update(ffn, Wcur, bias, X, S, Z, P, alpha, gamma)  # update 2
                 if ffn.kind == "gated":
-                    s_update(ffn, Wcur, bias, X, S, Z, P, alpha, gamma, int(opts["s_steps"]), float(opts["s_lr"]))
+                    s_update(ffn, Wcur, bias, X, S, Z, P, alpha, gamma, int(opts["s_steps"]), float(opts["s_lr"]))  # 3
                 for t_ in (S, Z, P):
                     if t_ is not None and not bool(torch.isfinite(t_).all()):
                         raise NumericalError("auxiliary variables became non-finite")
-                job.check_cancel()
-                lam = float(opts["refit_damping"])
-
-                def refit(inp, target, n):
-                    return ridge_refit(inp, target, bias[n], W0[n], lam, ctx, f"block {job.index} {n} refit")
-
-                r = ffn.roles
-                if ffn.kind == "gated":
-                    targets = {r["up"]: refit(X, Z, r["up"]), r["gate"]: refit(X, S, r["gate"]), r["down"]: refit(P, Y, r["down"])}
-                else:
-                    targets = {r["fc1"]: refit(X, Z, r["fc1"]), r["fc2"]: refit(P, Y, r["fc2"])}
+                problem.check_cancel()
+                targets = _refit_targets(problem, S, Z, P, float(opts["refit_damping"]), ctx)  # update 4
                 hess = {n: grams[n] for n in in_names}
                 hess[ffn.last] = _gram(P)
             Wnew, masks, damp_used = {}, {}, {}
-            for n in ffn.names:
-                job.check_cancel()
+            for n in ffn.names:  # update 5: SparseGPT on each (refit) weight
+                problem.check_cancel()
                 d = damping
                 if opts["accumulate_damping"] and n in in_names:
                     d = (1.0 + damping) ** (e + 1) - 1.0  # official: H += damp on a kept H, once per epoch
-                out = sparsegpt(LayerProblem(W=targets[n], G=hess[n], n_tokens=T, name=f"{job.index}.{n}"),
-                                job.pattern, job.sparsity, _sg_opts(opts, d), ctx)
+                out = sparsegpt(LayerProblem(W=targets[n], G=hess[n], n_tokens=T, name=f"{problem.index}.{n}"),
+                                pattern, sparsity, _sg_opts(opts, d), ctx)
                 Wnew[n] = out.weight * out.mask
                 masks[n] = out.mask
                 damp_used[n] = out.info.get("damping_used", d)
@@ -439,31 +297,29 @@ def sparsellm_block(job) -> dict:
         except NumericalError as err:
             if e == 0:
                 raise
-            ctx.warn(f"sparsellm: block {job.index}: epoch {e + 1} failed ({err}); keeping epochs 1..{e}")
+            ctx.warn(f"sparsellm: block {problem.index}: epoch {e + 1} failed ({err}); keeping epochs 1..{e}")
             info_extra["stopped_at_epoch"] = e + 1
             break
         Wcur = Wnew
         err_e = ffn_rel_error(ffn, Wcur, bias, X, Y)
-        rec = {"iter": e + 1, "block": job.index, "ffn_rel_error": err_e}
-        ctx.iteration(rec)
+        ctx.iteration({"iter": e + 1, "block": problem.index, "ffn_rel_error": err_e})
         history.append({"err": err_e, "layer_err": {n: rel_error(W0[n], Wnew[n], grams[n]) for n in ffn.names}})
         if not opts["keep_best"] or not chosen or err_e < chosen["err"]:
             chosen = {"epoch": e, "err": err_e, "W": Wnew, "mask": masks, "damp": damp_used}
 
     errs = [h["err"] for h in history]
     best = chosen["epoch"]
-    seconds = (time.perf_counter() - t0) / len(ffn.names)
+    outs = {}
     for n in ffn.names:
         trace = [{"iter": i + 1, "ffn_rel_error": h["err"], "rel_error": h["layer_err"][n]} for i, h in enumerate(history)]
         info = {"epochs": epochs, "epochs_run": len(history), "returned_epoch": best + 1, "ffn_rel_error_epoch1": errs[0],
                 "ffn_rel_error_last": errs[-1], "ffn_rel_error": errs[best], "aux_tokens": T,
                 "damping_used": float(chosen["damp"][n]), **info_extra}
-        sols[n] = LayerSolution(weight=chosen["W"][n], mask=chosen["mask"][n], rel_error=history[best]["layer_err"][n],
-                                seconds=seconds, trace=trace, info=info)
-    return sols
+        outs[n] = SolverOutput(weight=chosen["W"][n], mask=chosen["mask"][n], trace=trace, info=info)
+    return outs
 
 
-def _init_aux(ffn: FFN, W: dict, b: dict, X: torch.Tensor):
+def _init_aux(ffn, W: dict, b: dict, X: torch.Tensor):
     """Dense intermediates: gated S = gate pre-activation, Z = up output, P = act(S) ⊙ Z; ReLU Z = fc1 output, P = relu(Z)."""
     T = X.shape[0]
     m = W[ffn.last].shape[1]
@@ -510,15 +366,23 @@ SPARSELLM_OPTIONS = (
            "every epoch."),
 )
 
+def sparsellm_cost(d_out: int, d_in: int, opts: dict, **_) -> dict:
+    """Operation counts of one linear: SparseGPT's, times the FFN factor for the FFN linears (epochs of SparseGPT,
+    refits and token-wise updates: ``ffn_factor``; the cost model applies it to the FFN's linears only)."""
+    return {**sparsegpt_cost(d_out, d_in, opts), "ffn_factor": 5.0 * int(opts.get("epochs", 4)) / 4}
+
+
 SOLVERS.add(SolverSpec(
     name="sparsellm",
     fn=_sparsellm_layer,
     kind="block",
     needs_gram=True,
     options=SPARSELLM_OPTIONS,
-    block_fn=sparsellm_block,
+    block_fn=sparsellm_ffn,
+    needs=("ffn_io",),
+    lone_layer="SparseGPT",
+    cost=sparsellm_cost,
     summary="Global pruning of each block's FFN: auxiliary variables (activations per token) couple up/gate/down; "
     "alternates closed-form activation updates, weight refits and SparseGPT. Attention: SparseGPT.",
     paper="https://arxiv.org/abs/2402.17946",
-    reference="BaiTheBest/SparseLLM model_utils.py:llama_sparsellm/opt_sparsellm (27fe26a)",
 ))
