@@ -1,4 +1,4 @@
-"""ADMM / ADMM-Grad and the exact fixed-mask reference (algorithms.md §5; invariants 2, 5, 6, 7, 8a, 9, 11, 13).
+"""ADMM / ADMM-Grad and the exact fixed-mask reference (docs/algorithms.md, "ADMM"; invariants 2, 5, 6, 7, 8a, 9, 11, 13).
 
 Fast tests use seeded synthetic layers (random W, correlated X with a decaying spectrum, a few dead input
 columns); the ``slow`` ones use real SmolLM2-135M layers.
@@ -11,7 +11,8 @@ import torch
 from pruning import prune_layer, rel_error
 from pruning.patterns import check_mask, parse_pattern, select_mask
 from pruning.solvers import SOLVERS, UPDATES, LayerProblem, NumericalError, SolveContext, SolverError
-from pruning.solvers.admm import damped_objective, exact_solution, schedule_targets
+from pruning.solvers.admm import AdmmOptions, admm_layer, schedule_targets
+from pruning.solvers.exact import damped_objective, exact_solution
 from pruning.solvers.greedy import wanda_score
 from _synth import synthetic_layer
 
@@ -27,9 +28,10 @@ def problem(**kw):
     return LayerProblem(W=W, G=G, n_tokens=kw.get("tokens", 400))
 
 
-def run(p, pattern="unstructured", sparsity=0.5, ctx=None, keep=None, **opts):
-    spec = SOLVERS["admm"]
-    return spec.fn(p, parse_pattern(pattern), sparsity, opts, ctx or SolveContext(), **({"keep": keep} if keep is not None else {}))
+def run(p, pattern="unstructured", sparsity=0.5, ctx=None, keep=None, schedule="cubic", linsolve=None, **opts):
+    """ADMM on one layer with validated options; ``schedule``/``linsolve`` are the private AdmmOptions fields."""
+    o = AdmmOptions.from_options(SOLVERS.resolve_options("admm", opts), schedule=schedule, linsolve=linsolve)
+    return admm_layer(p, parse_pattern(pattern), sparsity, o, ctx or SolveContext(), keep)
 
 
 def update(name, p, keep, **opts):
@@ -39,9 +41,8 @@ def update(name, p, keep, **opts):
 def test_registered_with_declared_options():
     spec = SOLVERS["admm"]
     assert spec.kind == "update" and spec.needs_gram
-    assert spec.defaults() == {"iters": 20, "gradual_iters": 15, "mask_from": "gradual", "rho": 1.0, "damping": 0.1,
-                               "schedule": "cubic", "tol": 0.0, "linsolve": "inverse", "objective_every": 1}
-    assert {o.name for o in UPDATES["admm"].options} == {"iters", "rho", "damping", "tol", "linsolve", "objective_every"}
+    assert spec.defaults() == {"iters": 20, "gradual_iters": 15, "rho": 1.0, "damping": 0.1, "tol": 0.0, "objective_every": 1}
+    assert {o.name for o in UPDATES["admm"].options} == {"iters", "rho", "damping", "tol", "objective_every"}
     assert [o.name for o in UPDATES["exact"].options] == ["damping"]
     assert UPDATES["exact"].needs_gram and UPDATES["admm"].needs_gram
 
@@ -57,7 +58,7 @@ def test_exact_matches_per_row_solve_with_uneven_supports(batch_rows, monkeypatc
     keep[4] = False  # a row with nothing kept
     assert len(set(keep.sum(1).tolist())) > 2  # supports of different sizes
     if batch_rows:  # several batches of different padded sizes
-        monkeypatch.setattr("pruning.solvers.admm._EXACT_CHUNK_ELEMS", batch_rows * int(keep.sum(1).max()) ** 2)
+        monkeypatch.setattr("pruning.solvers.exact._EXACT_CHUNK_ELEMS", batch_rows * int(keep.sum(1).max()) ** 2)
     got = exact_solution(W, G, keep, 0.1)
     assert bool((got[4] == 0).all())
     Gd, Wd = G.double(), W.double()
@@ -102,20 +103,27 @@ def test_fixed_mask_optimality_ordering():  # invariant 5 (hard part) and 6
 def test_iters0_reproduces_wanda_exactly():  # invariant 8a
     W, G = layer()
     wanda = prune_layer(W, G, 400, solver="wanda", sparsity=0.5, pattern="per-row")
-    for opts in ({"iters": 0, "gradual_iters": 0}, {"iters": 0, "mask_from": "wanda"}):
-        sol = prune_layer(W, G, 400, solver="admm", sparsity=0.5, pattern="per-row", **opts)
+    # one-shot ADMM, and the composition wanda + admm (the fixed Wanda mask; formerly mask_from="wanda")
+    for solver, opts in (("admm", {"iters": 0, "gradual_iters": 0}), ("wanda", {"update": "admm", "iters": 0})):
+        sol = prune_layer(W, G, 400, solver=solver, sparsity=0.5, pattern="per-row", **opts)
         assert torch.equal(sol.mask, wanda.mask), opts
         assert torch.equal(sol.weight, wanda.weight), opts
         assert sol.trace == []
 
 
-def test_mask_from_solver_keeps_that_mask():
-    W, G = layer()
-    sgpt = prune_layer(W, G, 400, solver="sparsegpt", sparsity=0.6)
-    sol = prune_layer(W, G, 400, solver="admm", sparsity=0.6, mask_from="sparsegpt", gradual_iters=15, iters=10)
+def test_fixed_source_mask_is_kept():
+    """Another solver's mask as a fixed mask (formerly mask_from="sparsegpt"): ADMM with ``keep``."""
+    p = problem()
+    sgpt = prune_layer(p.W, p.G, 400, solver="sparsegpt", sparsity=0.6)
+    sol = run(p, "unstructured", 0.6, keep=sgpt.mask, gradual_iters=15, iters=10)
     assert torch.equal(sol.mask, sgpt.mask)  # gradual_iters is ignored with a fixed source mask
     assert all(r["mask_changed"] == 0 for r in sol.trace)
-    assert sol.info["mask_from"] == "sparsegpt"
+    assert sol.info["mask_from"] == "user"
+    # and a mask solver's mask through composition: the very mask of that solver
+    wanda = prune_layer(p.W, p.G, 400, solver="wanda", sparsity=0.6)
+    comp = prune_layer(p.W, p.G, 400, solver="wanda", sparsity=0.6, update="admm", iters=10)
+    assert torch.equal(comp.mask, wanda.mask) and all(r["mask_changed"] == 0 for r in comp.trace)
+    assert comp.info["mask_from"] == "given"
 
 
 def test_user_mask_is_used_and_checked():
@@ -156,13 +164,18 @@ def test_trace_and_cubic_schedule():
 
 @pytest.mark.parametrize("pattern,s", [("unstructured", 0.7), ("2:4", 0.5)])
 def test_linsolve_inverse_and_cholesky_agree(pattern, s):
-    """The inverse formed from the Cholesky factor and the two triangular solves give the same iterates."""
+    """The inverse formed from the Cholesky factor and the two triangular solves give the same iterates (the
+    per-device choice is not a user option; the private AdmmOptions.linsolve forces either path)."""
     p = problem(d_out=48, d_in=64, seed=4)
-    a = prune_layer(p.W, p.G, p.n_tokens, solver="admm", sparsity=s, pattern=pattern, linsolve="inverse")
-    b = prune_layer(p.W, p.G, p.n_tokens, solver="admm", sparsity=s, pattern=pattern, linsolve="cholesky")
+    a = run(p, pattern, s, linsolve="inverse")
+    b = run(p, pattern, s, linsolve="cholesky")
     assert torch.equal(a.mask, b.mask)
     assert torch.allclose(a.weight, b.weight, rtol=1e-4, atol=1e-5)
-    assert a.rel_error == pytest.approx(b.rel_error, rel=1e-4)
+    assert rel_error(p.W, a.weight, p.G) == pytest.approx(rel_error(p.W, b.weight, p.G), rel=1e-4)
+    auto = prune_layer(p.W, p.G, p.n_tokens, solver="admm", sparsity=s, pattern=pattern)  # the automatic choice
+    assert torch.equal(auto.weight, a.weight)
+    with pytest.raises(SolverError, match="linsolve"):
+        prune_layer(p.W, p.G, p.n_tokens, solver="admm", sparsity=s, pattern=pattern, linsolve="cholesky")
 
 
 def test_objective_every_thins_the_trace_only():
@@ -205,7 +218,8 @@ def test_schedule_targets():
     assert schedule_targets(nm, 0.9, 15)[-1] == 0.5  # N:M fixes s = N/M
 
 
-def test_official_schedule_option_changes_only_unstructured():
+def test_official_schedule_changes_only_unstructured():
+    """The official quirk, now a private AdmmOptions field (benchmarks/bench_admm_official.py), not a user option."""
     p = problem()
     off = run(p, "unstructured", 0.7, schedule="official")
     assert all(r["sparsity_target"] == 0.7 for r in off.trace)
@@ -260,8 +274,8 @@ def test_early_stop_with_tol():
 
 def test_zero_sparsity_is_identity():  # invariant 2 (short-circuited, so bit-identical)
     W, G = layer()
-    for opts in ({}, {"gradual_iters": 0}, {"mask_from": "wanda"}):
-        sol = prune_layer(W, G, 400, solver="admm", sparsity=0.0, **opts)
+    for solver, opts in (("admm", {}), ("admm", {"gradual_iters": 0}), ("wanda", {"update": "admm"})):
+        sol = prune_layer(W, G, 400, solver=solver, sparsity=0.0, **opts)
         assert torch.equal(sol.weight, W) and sol.rel_error == 0.0
 
 
@@ -295,7 +309,7 @@ def test_indefinite_gram_raises_damping_with_warning():  # invariant 11 (Cholesk
     G = 2 * torch.eye(d) - torch.ones(d, d)  # unit diagonal, eigenvalue 2 - d < 0: not a Gram, must not crash
     W = torch.randn(8, d, generator=torch.Generator().manual_seed(0))
     warnings = []
-    out = SOLVERS["admm"].fn(LayerProblem(W=W, G=G), parse_pattern("per-row"), 0.5, {}, SolveContext(on_warning=warnings.append))
+    out = SOLVERS["admm"].run(LayerProblem(W=W, G=G), parse_pattern("per-row"), 0.5, ctx=SolveContext(on_warning=warnings.append))
     assert warnings and "damping" in warnings[0]
     assert bool(torch.isfinite(out.weight).all())
 
@@ -303,14 +317,14 @@ def test_indefinite_gram_raises_damping_with_warning():  # invariant 11 (Cholesk
 @pytest.mark.parametrize("opts,field", [
     ({"rho": 0}, "admm.rho"), ({"rho": -1.0}, "admm.rho"), ({"damping": 0.0}, "admm.damping"),
     ({"damping": -0.1}, "admm.damping"), ({"iters": -1}, "admm.iters"), ({"iters": 10**7}, "admm.iters"),
-    ({"iters": 2.5}, "admm.iters"), ({"gradual_iters": 21}, "admm.gradual_iters"), ({"mask_from": "nope"}, "admm.mask_from"),
-    ({"mask_from": "admm"}, "admm.mask_from"), ({"schedule": "linear"}, "admm.schedule"), ({"tol": -1}, "admm.tol"),
+    ({"iters": 2.5}, "admm.iters"), ({"gradual_iters": 21}, "admm.gradual_iters"), ({"mask_from": "wanda"}, "mask_from"),
+    ({"schedule": "official"}, "schedule"), ({"linsolve": "cholesky"}, "linsolve"), ({"tol": -1}, "admm.tol"),
 ])
 def test_bad_options_fail_before_any_computation(opts, field):
     W, G = layer()
     G[0, 0] = float("nan")  # any computation would raise NumericalError instead
     with pytest.raises(SolverError, match=field.replace(".", r"\.")):
-        SOLVERS["admm"].fn(LayerProblem(W=W, G=G), parse_pattern("unstructured"), 0.5, opts, SolveContext())
+        SOLVERS["admm"].run(LayerProblem(W=W, G=G), parse_pattern("unstructured"), 0.5, options=opts)
     with pytest.raises(SolverError, match="admm"):
         prune_layer(*layer(), 400, solver="admm", sparsity=0.5, **opts)
 
@@ -335,7 +349,7 @@ def test_bad_update_options_and_masks():
     with pytest.raises(SolverError, match="mask: does not match pattern"):
         run(p, "2:4", 0.5, keep=keep)
     with pytest.raises(SolverError, match="gram"):
-        SOLVERS["admm"].fn(LayerProblem(W=p.W, G=None), parse_pattern("per-row"), 0.5, {}, SolveContext())
+        SOLVERS["admm"].run(LayerProblem(W=p.W, G=None), parse_pattern("per-row"), 0.5)
 
 
 def test_nan_input_raises_numerical_error():
@@ -345,7 +359,7 @@ def test_nan_input_raises_numerical_error():
     Gbad[3, 5] = float("nan")
     bad = LayerProblem(W=p.W, G=Gbad)
     with pytest.raises(NumericalError):
-        SOLVERS["admm"].fn(bad, parse_pattern("per-row"), 0.5, {}, SolveContext())
+        SOLVERS["admm"].run(bad, parse_pattern("per-row"), 0.5)
     for name in ("admm", "exact"):
         with pytest.raises(NumericalError):
             update(name, bad, keep)

@@ -14,41 +14,80 @@ def fresh():
     cost_model.reset_corrections()
 
 
+SLOW = cost_model.Rates(mm=1e9, mm_fwd=1e9, mm64=5e8, select=1e7, op=1e-4, ew=1e8, topk=1e7, sort64=1e6)
+FAST = cost_model.Rates(mm=8e10, mm_fwd=8e10, mm64=4e10, select=5e8, op=5e-6, ew=4e9, topk=5e8, sort64=5e7)
+
+
 def test_rates_are_measured_once_and_positive():
     r = cost_model.machine_rates("cpu")
     assert cost_model.machine_rates("cpu") is r
-    assert min(r.mm, r.mm_fwd, r.mm64, r.select, r.ew) > 0 and 0 < r.op < 0.01
+    assert min(r.mm, r.mm_fwd, r.mm64, r.select, r.ew, r.topk, r.sort64) > 0 and r.op > 0
 
 
-def test_rates_measured_under_load_do_not_stick(monkeypatch):
+def test_rates_measured_under_load_do_not_stick():
     """A first measurement on a busy machine (e.g. while the app loads the model) is replaced by better ones later."""
-    key = ("estimate", "cpu", str(torch.float64))  # a key no other test uses
-    cost_model._RATES.pop(key, None)
-    slow = cost_model.Rates(mm=1e9, mm_fwd=1e9, mm64=5e8, select=1e7, op=1e-4, ew=1e8)
-    fast = cost_model.Rates(mm=8e10, mm_fwd=8e10, mm64=4e10, select=5e8, op=5e-6, ew=4e9)
     calls = []
-    monkeypatch.setattr(cost_model, "_measure", lambda dev, dt: calls.append(1) or (slow if len(calls) == 1 else fast))
-    assert cost_model.machine_rates("cpu", torch.float64) == slow
-    assert cost_model.machine_rates("cpu", torch.float64) == slow and len(calls) == 1  # not again right away
-    monkeypatch.setattr(cost_model, "_REMEASURE_S", 0.0)
-    assert cost_model.machine_rates("cpu", torch.float64) == fast and len(calls) == 2  # later: measured again, best kept
-    monkeypatch.setattr(cost_model, "_measure", lambda dev, dt: calls.append(1) or slow)
-    assert cost_model.machine_rates("cpu", torch.float64) == fast  # a worse reading never replaces a better one
+    cm = cost_model.CostModel(measure=lambda dev, dt: calls.append(1) or (SLOW if len(calls) == 1 else FAST))
+    assert cm.machine_rates("cpu", torch.float64) == SLOW
+    assert cm.machine_rates("cpu", torch.float64) == SLOW and len(calls) == 1  # not again right away
+    cm.remeasure_s = 0.0
+    assert cm.machine_rates("cpu", torch.float64) == FAST and len(calls) == 2  # later: measured again, best kept
+    cm.measure = lambda dev, dt: calls.append(1) or SLOW
+    assert cm.machine_rates("cpu", torch.float64) == FAST  # a worse reading never replaces a better one
     for _ in range(10):
-        cost_model.machine_rates("cpu", torch.float64)
-    assert len(calls) == cost_model._MAX_MEASURES  # and it stops measuring after a few
-    cost_model._RATES.pop(key, None)
+        cm.machine_rates("cpu", torch.float64)
+    assert len(calls) == cm.max_measures  # and it stops measuring after a few
 
 
-def test_rates_stay_fixed_once_a_run_corrected_the_estimate(monkeypatch):
+def test_rates_stay_fixed_once_a_run_corrected_the_estimate():
     """observe() stores measured / modelled ratios: rates changing afterwards would silently rescale them."""
+    cm = cost_model.CostModel(measure=lambda dev, dt: FAST)
     cfg = PruneConfig(solver="magnitude")
-    cost_model.observe(cfg, {"calibration_forward": 10.0, "propagate": 10.0, "statistics": 5.0, "solve": 2.0,
-                           "pruned_eval": 10.0, "generate": 3.0})
-    before = cost_model.estimate_seconds(cfg)
-    monkeypatch.setattr(cost_model, "_REMEASURE_S", 0.0)
-    monkeypatch.setattr(cost_model, "_measure", lambda dev, dt: pytest.fail("rates measured again after a run was observed"))
-    assert cost_model.estimate_seconds(cfg) == before
+    cm.observe(cfg, {"calibration_forward": 10.0, "propagate": 10.0, "statistics": 5.0, "solve": 2.0,
+                     "pruned_eval": 10.0, "generate": 3.0})
+    before = cm.estimate_seconds(cfg)
+    cm.remeasure_s = 0.0
+    cm.measure = lambda dev, dt: pytest.fail("rates measured again after a run was observed")
+    assert cm.estimate_seconds(cfg) == before
+
+
+def test_a_solver_without_a_cost_entry_gives_no_estimate():
+    """A newly registered solver that declares no ``cost`` is "no estimate" (None), never costed as magnitude."""
+    from pruning.solvers import SOLVERS, SolverOutput
+
+    def toy(problem, pattern, sparsity, opts, ctx):  # pragma: no cover - never run
+        return SolverOutput(problem.W, problem.W != 0)
+
+    SOLVERS.register("toy-nocost", kind="mask", needs_gram=False, summary="no cost entry")(toy)
+    try:
+        cm = cost_model.CostModel(measure=lambda dev, dt: FAST)
+        cfg = PruneConfig(solver="toy-nocost")
+        assert cm.phase_seconds(cfg)["solve"] is None
+        assert cm.estimate_seconds(cfg) is None
+        assert cost_model.layer_estimate_seconds("toy-nocost", 64, 64) is None
+        cm.observe(cfg, {"solve": 1.0, "pruned_eval": 2.0})  # learning from such a run still works for the other phases
+        assert "solve:toy-nocost+none" not in cm.corrections and "pruned_eval" in cm.corrections
+        assert cm.estimate_seconds(PruneConfig(solver="magnitude")) > 0  # the registered ones keep theirs
+    finally:
+        SOLVERS._specs.pop("toy-nocost")
+
+
+def test_every_registered_solver_and_update_declares_its_cost():
+    from pruning.solvers import SOLVERS, UPDATES
+
+    for spec in list(SOLVERS) + list(UPDATES):
+        assert spec.cost is not None, spec.name
+        counts = spec.cost(576, 1536, spec.defaults(), sparsity=0.5, device="cpu")
+        assert all(k in cost_model.PRIMITIVES or k == "ffn_factor" for k in counts), (spec.name, counts)
+
+
+def test_counts_follow_the_resolved_options():
+    """The blocksize, ADMM's iterations and the gradual selections come from the options, not restated defaults."""
+    cm = cost_model.CostModel(measure=lambda dev, dt: FAST)
+    solve = lambda **kw: cm.phase_seconds(PruneConfig(**kw))["solve"]  # noqa: E731
+    assert solve(solver="sparsegpt", options={"blocksize": 256}) > solve(solver="sparsegpt")
+    assert solve(solver="admm", options={"iters": 40, "gradual_iters": 15}) > solve(solver="admm")
+    assert solve(solver="admm", options={"gradual_iters": 0}) < solve(solver="admm")
 
 
 def test_estimate_follows_the_config():

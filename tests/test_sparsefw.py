@@ -1,4 +1,4 @@
-"""SparseFW (Frank-Wolfe mask; arXiv 2510.13713) -- algorithms.md §7, invariants 1, 2, 8c, 12, 13.
+"""SparseFW (Frank-Wolfe mask; arXiv 2510.13713) -- docs/algorithms.md "SparseFW", invariants 1, 2, 8c, 12, 13.
 
 Fast tests: seeded synthetic layers (random W, correlated X with a decaying spectrum, uneven channel norms).
 The ``slow`` test runs real SmolLM2-135M layers and reports the error reduction vs the Wanda warm start.
@@ -11,7 +11,13 @@ from pruning.patterns import _floor, check_mask, parse_pattern, select_mask
 from pruning.solvers import SOLVERS, LayerProblem, SolveContext, SolverError
 from pruning.solvers.greedy import wanda_score
 from pruning.solvers.ria import ria_score
-from pruning.solvers.sparsefw import PAPER_ITERS, FrankWolfeMask, estimate_seconds, mask_gradient, mask_objective
+from pruning.cost_model import layer_estimate_seconds
+from pruning.solvers.sparsefw import PAPER_ITERS, FrankWolfeMask, mask_gradient, mask_objective
+
+
+def estimate_seconds(d_out, d_in, iters, device):
+    """SparseFW's predicted seconds per layer, from the cost model (its counts: ``sparsefw.sparsefw_cost``)."""
+    return layer_estimate_seconds("sparsefw", d_out, d_in, {"iters": iters}, device=device)
 from _synth import synthetic_layer
 
 PATTERNS = ["unstructured", "per-row", "2:4", "4:8"]
@@ -149,7 +155,7 @@ def test_objective_trace_matches_direct_computation():
     W, G = layer()
     p = LayerProblem(W=W, G=G)
     records = []
-    out = SOLVERS["sparsefw"].fn(p, parse_pattern("per-row"), 0.5, {"iters": 12, "round_every": 4}, SolveContext(on_iter=records.append))
+    out = SOLVERS["sparsefw"].run(p, parse_pattern("per-row"), 0.5, options={"iters": 12, "round_every": 4}, ctx=SolveContext(on_iter=records.append))
     assert len(out.trace) == 13 and records == out.trace
     fw = FrankWolfeMask(W, G, parse_pattern("per-row"), 0.5)
     norm = float(((W.double() @ G.double()) * W.double()).sum())
@@ -259,8 +265,8 @@ def test_bad_options_raise_naming_the_option(opts, field):
     W, G = layer()
     with pytest.raises(SolverError, match=field.replace(".", r"\.")):
         prune_layer(W, G, solver="sparsefw", **opts)
-    with pytest.raises(SolverError, match=field.replace(".", r"\.")):  # direct call, bypassing prune_layer
-        SOLVERS["sparsefw"].fn(LayerProblem(W=W, G=G), parse_pattern("unstructured"), 0.5, opts, SolveContext())
+    with pytest.raises(SolverError, match=field.replace(".", r"\.")):  # direct call of the spec, bypassing prune_layer
+        SOLVERS["sparsefw"].run(LayerProblem(W=W, G=G), parse_pattern("unstructured"), 0.5, options=opts, ctx=SolveContext())
 
 
 def test_composes_with_sparsegpt_update():

@@ -297,6 +297,6 @@ def split_options(solver: str, update: str, options: dict) -> tuple[dict, dict]:
 
 
 @UPDATES.register("none", kind="update", needs_gram=False, summary="Keep surviving weights unchanged (mask only).",
-                  cost=lambda d_out, d_in, opts: {})
+                  cost=lambda d_out, d_in, opts, **_: {})
 def no_update(p: LayerProblem, keep: torch.Tensor, opts: dict, ctx: SolveContext) -> SolverOutput:
     return SolverOutput(weight=p.W * keep, mask=keep)
