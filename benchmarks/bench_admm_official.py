@@ -9,8 +9,8 @@ in this repository. Both get the same fp32 weight and the same XX = Σ x xᵀ (t
 unnormalised, exactly our Gram G), with their defaults: percdamp 0.1, ρ 1, 20 iterations, 15 gradual.
 
 Settings compared (theirs ↔ ours):
-* unstructured, per_out=False ↔ ``schedule="official"`` (their top-k uses the final sparsity at every gradual
-  step) and our default ``schedule="cubic"``;
+* unstructured, per_out=False ↔ the official schedule (their top-k uses the final sparsity at every gradual
+  step; not a user option of ours: ``AdmmOptions(schedule="official")``, see ``run_ours``) and our default cubic one;
 * per_out=True ↔ ``pattern="per-row"``;  2:4 ↔ ``pattern="2:4"`` (they support no other N:M);
 * one-shot mask, iterative_prune=0 ↔ ``gradual_iters=0``.
 Reported: relative error (pruning.solve.rel_error), pruned count, mask agreement, time per layer.
@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_solvers import real_problems, synthetic_problems  # noqa: E402
+from bench_solvers import admm_variant, real_problems, synthetic_problems  # noqa: E402
 from pruning import prune_layer, rel_error  # noqa: E402
 
 EXPECTED_COMMIT = "8039208"
@@ -46,6 +46,16 @@ SETTINGS = [
     ("2:4", dict(prune_n=2, prune_m=4, per_out=False), 0.5, "2:4", {}),
     ("one-shot 0.7", dict(prune_n=0, prune_m=0, per_out=False, iterative_prune=0), 0.7, "unstructured", {"gradual_iters": 0}),
 ]
+
+
+def run_ours(p, s: float, pat: str, opts: dict, **extra):
+    """``prune_layer(solver="admm")``; with ``schedule="official"`` in ``opts`` (the upstream quirk, a private
+    ``AdmmOptions`` field and not a user option) through ``bench_solvers.admm_variant``, timed the same way."""
+    opts = {**opts, **extra}
+    schedule = opts.pop("schedule", "cubic")
+    if schedule == "cubic":
+        return prune_layer(p.W, p.G, p.n_tokens, solver="admm", sparsity=s, pattern=pat, **opts)
+    return admm_variant(p, s, pat, opts, schedule)
 
 
 def load_official(path: str):
@@ -112,15 +122,15 @@ def main():
         for label, kw, s, pat, opts in SETTINGS:
             if label not in wanted:
                 continue
-            prune_layer(p.W, p.G, p.n_tokens, solver="admm", sparsity=s, pattern=pat, **{**opts, "iters": 1, "gradual_iters": 0})  # warm-up
+            run_ours(p, s, pat, opts, iters=1, gradual_iters=0)  # warm-up
             t_ours, t_last, t_theirs = float("inf"), float("inf"), float("inf")
             for _ in range(a.repeat):  # alternate the runs so that machine load hits all alike; keep the fastest
-                ours = prune_layer(p.W, p.G, p.n_tokens, solver="admm", sparsity=s, pattern=pat, **opts)
+                ours = run_ours(p, s, pat, opts)
                 # the same iterates, objective traced at the last iteration only (residuals still every iteration)
-                lean = prune_layer(p.W, p.G, p.n_tokens, solver="admm", sparsity=s, pattern=pat, **opts, objective_every=0)
+                lean = run_ours(p, s, pat, opts, objective_every=0)
                 Wt, t = official_prune(mod, p.W, p.G, s, **kw)
                 t_ours, t_last, t_theirs = min(t_ours, ours.seconds), min(t_last, lean.seconds), min(t_theirs, t)
-            cubic = ours if not opts.get("schedule") else prune_layer(p.W, p.G, p.n_tokens, solver="admm", sparsity=s, pattern=pat)
+            cubic = ours if not opts.get("schedule") else run_ours(p, s, pat, {})
             e_theirs = rel_error(p.W, Wt, p.G)
             agree = float(((Wt != 0) == ours.mask).float().mean())
             row = {"block": b, "name": name, "setting": label, "sparsity": s, "pattern": pat, "options": opts,

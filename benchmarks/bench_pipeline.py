@@ -57,13 +57,18 @@ def reference_style():
     outputs unused). Use with batch_size=1 for "the same forwards at batch 1"."""
     from pruning import pipeline as pl
 
-    orig, block = pl.collect_grams, pl._SYRK_BLOCK
-    pl.collect_grams = lambda *a, **kw: orig(*a, **{**kw, "share": False, "need_outputs": True})
-    pl._SYRK_BLOCK = 1 << 30
+    class OneGramPerLinear(pl.GramCollector):
+        def _find_leader(self, name, x):  # never share: every linear accumulates its own Gram
+            return name
+
+    orig, block, collector = pl.collect_grams, pl.SYRK_BLOCK, pl.GramCollector
+    pl.collect_grams = lambda *a, **kw: orig(*a, **{**kw, "need_outputs": True})
+    pl.GramCollector = OneGramPerLinear
+    pl.SYRK_BLOCK = 1 << 30
     try:
         yield
     finally:
-        pl.collect_grams, pl._SYRK_BLOCK = orig, block
+        pl.collect_grams, pl.SYRK_BLOCK, pl.GramCollector = orig, block, collector
 
 
 def main() -> None:

@@ -51,9 +51,11 @@ from pruning.blocks import block_linears, find_blocks  # noqa: E402
 from pruning.config import PruneConfig  # noqa: E402
 from pruning.solve import rel_error  # noqa: E402
 from pruning.patterns import parse_pattern  # noqa: E402
-from pruning.pipeline import BlockInputs, BlockJob, capture_inputs, collect_grams, prune_model, run_block  # noqa: E402
-from pruning.solvers import SOLVERS, SolveContext  # noqa: E402
-from pruning.solvers.sparsellm import capture_ffn_io, ffn_rel_error, find_ffn  # noqa: E402
+from pruning.pipeline import BlockInputs, capture_inputs, capture_io, collect_grams, ffn_problem, prune_model, run_block  # noqa: E402
+from pruning.blocks import find_ffn  # noqa: E402
+from pruning.solve import solve  # noqa: E402
+from pruning.solvers import SOLVERS, LayerProblem, SolveContext  # noqa: E402
+from pruning.solvers.sparsellm import ffn_rel_error  # noqa: E402
 
 FFN = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 OFFICIAL_DTYPE = {"float16": torch.float16, "float32": torch.float32}
@@ -167,6 +169,22 @@ def load(args):
     return model, tok, calib, eval_windows
 
 
+def ours_block(b, blk, inputs, lins, grams, ffn, sparsity, opts, recs) -> dict:
+    """Our SparseLLM on one block as the pipeline runs it, without writing: {name: pruned weight}. The FFN through the
+    block solver (on the dense block's X, Y), every other linear through the per-layer path (SparseGPT)."""
+    pat = parse_pattern("unstructured")
+    problem = ffn_problem(blk, inputs, lins, grams, ffn, int(opts["max_tokens"]), b)
+    out = {}
+    for n, lin in lins.items():
+        if n not in ffn.names:
+            G, ntok = grams[n]
+            prob = LayerProblem(W=lin.get_weight().detach().float().clone(), G=G, n_tokens=ntok, name=f"{b}.{n}")
+            out[n] = solve(prob, "sparsellm", pat, sparsity, opts).weight
+    sols = SOLVERS["sparsellm"].block_fn(problem, pat, sparsity, opts, SolveContext(recs.append, None))
+    out.update({n: o.weight * o.mask for n, o in sols.items()})
+    return out
+
+
 def mode_block(args, mu, commit) -> dict:
     model, tok, calib, _ = load(args)
     blocks_wanted = [int(b) for b in args.blocks.split(",")]
@@ -182,8 +200,7 @@ def mode_block(args, mu, commit) -> dict:
             col, outs = collect_grams(blk, lins, inputs)
             grams = {n: col.gram(n) for n in lins}
             ffn, _ = find_ffn(blk, list(lins))
-            probe = BlockJob(b, blk, inputs, lins, grams, parse_pattern("unstructured"), 0.5, {}, SolveContext(), lambda: None)
-            X, Y, _ = capture_ffn_io(probe, ffn, 1 << 30)
+            X, Y, _ = capture_io(blk, inputs, lins[ffn.first], lins[ffn.last])
             bias = {n: None for n in FFN}
             W0 = {n: lins[n].get_weight().detach().float() for n in lins}
             hidden = torch.cat(inputs.hidden)  # (n, T, h)
@@ -191,15 +208,13 @@ def mode_block(args, mu, commit) -> dict:
                 row = {"block": b, "sparsity": s}
                 for label, opts in (("ours", {}),):  # keep_best=False would return epoch 4: its error is ours_epochs[-1]
                     recs = []
-                    job = BlockJob(b, blk, inputs, lins, grams, parse_pattern("unstructured"), s,
-                                   SOLVERS.resolve_options("sparsellm", opts), SolveContext(recs.append, None), lambda: None)
                     t0 = time.perf_counter()
-                    sols = SOLVERS["sparsellm"].block_fn(job)
+                    sols = ours_block(b, blk, inputs, lins, grams, ffn, s, SOLVERS.resolve_options("sparsellm", opts), recs)
                     row[f"{label}_seconds"] = round(time.perf_counter() - t0, 1)
-                    Wn = {n: sols[n].weight for n in lins}
+                    Wn = {n: sols[n] for n in lins}
                     row[f"{label}_ffn_err"] = ffn_rel_error(ffn, Wn, bias, X, Y)
                     row[f"{label}_epochs"] = [r["ffn_rel_error"] for r in recs]
-                    row[f"{label}_layer_err"] = {n: sols[n].rel_error for n in lins}
+                    row[f"{label}_layer_err"] = {n: rel_error(W0[n], sols[n], grams[n][0]) for n in lins}
                 row["sparsegpt_ffn_err"] = row["ours_epochs"][0]  # epoch 1 = SparseGPT exactly (invariant 8b)
                 try:
                     Wt, dt, log = run_official_block(mu, blk, rotary, hidden, s, OFFICIAL_DTYPE[args.official_dtype])
@@ -227,9 +242,6 @@ def official_blockwise(mu, model, calib: torch.Tensor, sparsity: float, dtype: t
     Where their routine raises or returns non-finite weights, the block is pruned with SparseGPT instead (what
     their epoch 1 computes) and the block is listed in ``fallback_blocks``. Per block: their FFN relative output
     error on float32 X, Y of the dense block run on the current inputs."""
-    from pruning.solve import solve
-    from pruning.solvers import LayerProblem
-
     _, blocks = find_blocks(model)
     rotary = model.model.rotary_emb
     inputs = capture_inputs(model, calib, 8)
@@ -239,8 +251,7 @@ def official_blockwise(mu, model, calib: torch.Tensor, sparsity: float, dtype: t
         col, _ = collect_grams(blk, lins, inputs)
         grams = {n: col.gram(n) for n in lins}
         ffn, _ = find_ffn(blk, list(lins))
-        probe = BlockJob(b, blk, inputs, lins, grams, parse_pattern("unstructured"), sparsity, {}, SolveContext(), lambda: None)
-        X, Y, _ = capture_ffn_io(probe, ffn, 1 << 30)
+        X, Y, _ = capture_io(blk, inputs, lins[ffn.first], lins[ffn.last])
         try:
             Wt, _, _ = run_official_block(mu, blk, rotary, torch.cat(inputs.hidden), sparsity, dtype)
             if not all(bool(torch.isfinite(w).all()) for w in Wt.values()):

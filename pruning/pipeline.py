@@ -199,18 +199,20 @@ class GramCollector:
         if self._batch == 1:
             self._first_batch = None
 
+    def _find_leader(self, name: str, x: torch.Tensor) -> str:
+        """The linear (seen earlier in the first batch) fed the very same tensor as ``name``, else ``name``."""
+        for other, t in self._first_batch.items():
+            if t.data_ptr() == x.data_ptr() and t.shape == x.shape and t.stride() == x.stride():
+                return self.leader.get(other, other)
+        return name
+
     def _hook(self, name: str):
         def hook(module, args):
             t0 = time.perf_counter()
             x = args[0]
             if self._first_batch is not None:
                 self.order.append(name)
-                for other, t in self._first_batch.items():
-                    if t.data_ptr() == x.data_ptr() and t.shape == x.shape and t.stride() == x.stride():
-                        self.leader[name] = self.leader.get(other, other)
-                        break
-                else:
-                    self.leader[name] = name
+                self.leader[name] = self._find_leader(name, x)
                 self._first_batch[name] = x
             lead = self.leader.get(name, name)
             if lead == name:
