@@ -1,4 +1,4 @@
-"""Evaluation: perplexity (the reference protocol), greedy generation, sparsity accounting.
+"""Evaluation: perplexity (the reference protocol) and greedy generation (docs/algorithms.md, "Evaluation").
 
 Perplexity follows IST-DASLab/sparsegpt ``llama_eval`` / locuslab/wanda ``eval_ppl_wikitext``: the evaluation
 text is tokenised as one stream, cut into non-overlapping windows of an explicit ``seqlen`` (tail dropped,
@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import block_linears, find_blocks, model_device
+from .blocks import model_device
+from .errors import InputError
 from .events import Cancelled
 
 
@@ -43,7 +44,7 @@ def window_losses(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, 
 def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, cancel: threading.Event | None = None) -> float:
     """exp(mean window cross-entropy) over non-overlapping windows (n, seqlen)."""
     if windows.shape[0] == 0:
-        raise ValueError("eval_windows: no evaluation window (text shorter than one window of seqlen tokens)")
+        raise InputError("eval_windows: no evaluation window (text shorter than one window of seqlen tokens)")
     losses = window_losses(model, windows, batch_size, cancel)
     mean = sum(losses) / len(losses)
     return math.exp(mean) if math.isfinite(mean) else float("inf")
@@ -68,18 +69,3 @@ def generate(model: nn.Module, tokenizer, prompts: list[str] | tuple[str, ...], 
         )
         outs.append(tokenizer.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
     return outs
-
-
-def model_sparsity(model: nn.Module) -> dict:
-    """Zeros over the prunable linears of every block (embeddings and lm_head excluded)."""
-    _, blocks = find_blocks(model)
-    zeros = total = 0
-    per_layer = []
-    for b, blk in enumerate(blocks):
-        for name, lin in block_linears(blk).items():
-            W = lin.get_weight()
-            z = int((W == 0).sum())
-            zeros += z
-            total += W.numel()
-            per_layer.append({"block": b, "name": name, "sparsity": z / W.numel()})
-    return {"sparsity": zeros / total if total else 0.0, "layers": per_layer}

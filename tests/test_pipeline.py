@@ -268,3 +268,30 @@ def test_bf16_forward_fp32_stats(windows):
         for lin in block_linears(blk).values():
             assert lin.get_weight().dtype == torch.bfloat16
             assert float((lin.get_weight() == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)  # invariant 19
+
+
+# ------------------------------------------------------------------------------------------------ GPU smoke
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("solver,update", [("magnitude", "none"), ("wanda", "none"), ("sparsegpt", "none"), ("admm", "none"),
+                                           ("ria", "none"), ("sparsefw", "none"), ("sparsellm", "none"), ("wanda", "admm"),
+                                           ("wanda", "exact"), ("sparsefw", "sparsegpt")])
+def test_gpu_smoke_tiny_llama_bf16(solver, update, windows):
+    """Every solver through the whole pipeline on CUDA with a bf16 model (float32 statistics and solver maths):
+    exact sparsity, finite weights, a model that still runs, no warnings. Skips, saying why, without CUDA."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA (checks the pipeline, every solver and SparseFW's dense GPU branch on a bf16 model)")
+    m = build("llama").to("cuda", torch.bfloat16)
+    opts = {"iters": 10} if solver == "sparsefw" else {"epochs": 2} if solver == "sparsellm" else {}
+    rep = prune_model(m, None, PruneConfig(solver=solver, update=update, sparsity=0.5, options=opts), windows=windows)
+    assert abs(rep["sparsity"] - 0.5) < 1e-3, rep["sparsity"]
+    assert all(l["zeros"] >= l["numel"] // 2 for l in rep["layers"])
+    assert all(bool(torch.isfinite(p).all()) and p.is_cuda and p.dtype == torch.bfloat16 for p in m.parameters())
+    assert torch.isfinite(m(input_ids=windows[:1].cuda()).logits.float()).all()
+    assert [w for w in rep["warnings"] if "calibration tokens" not in w] == [], rep["warnings"]
+
+
+def test_prune_model_requires_windows():
+    with pytest.raises(ValueError, match="windows: prune_model needs the calibration token windows"):
+        prune_model(build("llama"), None, PruneConfig(solver="magnitude"))
