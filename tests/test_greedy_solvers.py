@@ -1,4 +1,4 @@
-"""Magnitude, Wanda and SparseGPT on seeded layers: invariants 1-4, 8d, 9, 10, 11, 13, 18, 19 of algorithms.md §10."""
+"""Magnitude, Wanda and SparseGPT on seeded layers: invariants 1-4, 8d, 9, 10, 11, 13, 18, 19 of docs/algorithms.md, "Invariants"."""
 import pytest
 import torch
 
