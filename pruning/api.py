@@ -33,8 +33,18 @@ _LOCK = ENGINE.load_lock  # held for a whole model load (kept as a name for call
 
 
 def get_model(model_id: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
-    """(model, tokenizer, fingerprint), loaded once per process per (model, device, dtype). Do not modify it."""
-    return ENGINE.get_model(model_id, device, dtype)
+    """(model, tokenizer, fingerprint), loaded once per process per (model, device, dtype) into ``ENGINE.models``.
+    The model is shared: do not modify it (``run_job`` prunes a copy)."""
+    from .models import load_model, model_fingerprint
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    key = (model_id, str(dev), str(dt))
+    with ENGINE.load_lock:
+        if key not in ENGINE.models:
+            model, tok = load_model(model_id, device=dev, dtype=dt)
+            ENGINE.models[key] = (model, tok, model_fingerprint(model))
+        return ENGINE.models[key]
 
 
 def calibration_windows_for(tokenizer, calib: CalibConfig) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 An ``Engine`` holds what one process keeps between runs:
 
-* ``models``        -- loaded ``(model, tokenizer, fingerprint)`` per (model id, device, dtype); ``get_model`` fills it.
-                       Loads hold ``load_lock`` (the first conversion of the embedded model takes ~30 s).
+* ``models``        -- loaded ``(model, tokenizer, fingerprint)`` per (model id, device, dtype);
+                       ``pruning.api.get_model`` fills it, holding ``load_lock`` for the whole load (the first
+                       conversion of the embedded model takes ~30 s).
 * ``dense``         -- dense-baseline results (perplexity, generations) per model + evaluation config
                        (``pruning.api.dense_baseline``; they are also written to disk).
 * ``documents``     -- documents of a text source split (``pruning.data.load_documents``).
@@ -12,7 +13,8 @@ An ``Engine`` holds what one process keeps between runs:
 
 ``DEFAULT`` is the process's engine; ``pruning.api``, ``pruning.data`` and ``pruning.jobs`` use it. Tests call
 ``DEFAULT.clear()`` (or ``clear(models=False)``) instead of reaching into module globals. The cost model's learned
-state lives with the cost model (``pruning.cost_model``). Importing this module imports no torch.
+state lives with the cost model (``pruning.cost_model``). This module only holds state: it imports no torch and
+no other layer of the engine.
 """
 from __future__ import annotations
 
@@ -31,22 +33,8 @@ class Engine:
         self.token_ids: LRU = LRU(max_token_ids)
         self.tokenizer_ids: LRU = LRU(max_tokenizers)
 
-    def get_model(self, model_id: str, device="auto", dtype="auto"):
-        """(model, tokenizer, fingerprint), loaded once per (model, device, dtype) -- never modify the model."""
-        from .device import resolve_device, resolve_dtype
-        from .models import load_model, model_fingerprint
-
-        dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
-        key = (model_id, str(dev), str(dt))
-        with self.load_lock:
-            if key not in self.models:
-                model, tok = load_model(model_id, device=dev, dtype=dt)
-                self.models[key] = (model, tok, model_fingerprint(model))
-            return self.models[key]
-
     def loaded_model(self, model_id: str, device, dtype):
-        """The model if ``get_model`` already holds it, else None. Takes no lock: a dict lookup is atomic, and a
+        """The model if ``pruning.api.get_model`` already loaded it, else None. Takes no lock: a dict lookup is atomic, and a
         model still loading is simply not there yet (an estimate must not wait for a ~30 s conversion)."""
         hit = self.models.get((model_id, str(device), str(dtype)))
         return hit[0] if hit else None
