@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 from . import events as ev
 from .config import PruneConfig
-from .errors import INTERNAL, error_kind, user_message
+from .errors import INTERNAL, PruningError, error_kind, user_message
 from .results import ResultStore
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,10 @@ RunFn = Callable[[PruneConfig, Callable[[ev.Event], None], threading.Event], dic
 TERMINAL = (ev.JobFinished, ev.JobFailed, ev.JobCancelled)
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 _MAX_KEPT = 500  # finished jobs kept in memory for status queries
+
+
+class RunnerClosed(PruningError):
+    """``submit`` after ``shutdown``."""
 
 
 def default_device_key(config: PruneConfig) -> str:
@@ -153,7 +157,7 @@ class JobRunner:
     def submit(self, config: PruneConfig, owner: str | None = None, use_cache: bool = True) -> Job:
         """Queue a run (or complete it at once from the store). Returns the Job."""
         if self._closed:
-            raise RuntimeError("the job runner is shut down")
+            raise RunnerClosed("the job runner is shut down (the server is stopping); no new jobs are accepted")
         device = self.device_key_fn(config)
         job = Job(id=f"job-{next(self._ids)}-{uuid.uuid4().hex[:8]}", config=config, device=device, owner=owner)
         hit = self.cached_report(config) if use_cache else None

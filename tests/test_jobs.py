@@ -11,7 +11,7 @@ import pytest
 from pruning import events as ev
 from pruning.config import ConfigError, PruneConfig
 from pruning.errors import NumericalError
-from pruning.jobs import CANCELLED, DONE, FAILED, JobRunner
+from pruning.jobs import CANCELLED, DONE, FAILED, JobRunner, RunnerClosed
 from pruning.results import ResultStore
 
 DEADLINE = 10.0  # seconds; every wait in this file ends by then or fails
@@ -169,6 +169,8 @@ def test_two_readers_see_the_same_events(store):
     assert len(results["a"]) == len(results["b"]) > 6
     assert [type(e) for e in results["a"]] == [type(e) for e in results["b"]]
     runner.shutdown()
+    with pytest.raises(RunnerClosed, match="shut down"):
+        runner.submit(PruneConfig(solver="wanda", sparsity=0.3))
 
 
 @pytest.mark.parametrize("sparsity,kind,text", [
