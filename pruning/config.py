@@ -179,11 +179,8 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PruneConfig":
-        d = dict(d)
-        d["options"] = tuple(sorted(dict(d.get("options", {})).items()))
-        d["prompts"] = tuple(d.get("prompts", DEFAULT_PROMPTS))
-        d["calib"] = CalibConfig(**d.get("calib", {}))
-        d["eval"] = EvalConfig(**d.get("eval", {}))
+        """The inverse of ``to_dict`` (missing fields take their defaults); ``__post_init__`` coerces the nested
+        dicts and lists, so there is one conversion path."""
         return cls(**d)
 
     def key(self) -> str:

@@ -14,6 +14,7 @@ The wheel pins, asset names and the cache root live in the torch-free ``pruning.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -322,7 +323,20 @@ _TINY_CORPUS = (
     "Layer-wise pruning solves a least squares problem for every linear layer, one block after another. "
     "0123456789 + - * / = ( ) [ ] { } < > , . ; : ! ? ' \" "
 )
-_tiny_tok_json: str | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_tokenizer_json() -> str:
+    """The trained tiny BPE as JSON (deterministic: trained once per process, then reused)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
+    return tok.to_str()
 
 
 def tiny_tokenizer():
@@ -330,23 +344,12 @@ def tiny_tokenizer():
 
     Byte-level, so any UTF-8 text is encodable. ``<|endoftext|>`` (id 0) is bos, eos, pad and unk.
     """
-    global _tiny_tok_json
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    if _tiny_tok_json is None:
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=["<|endoftext|>"], show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
-        _tiny_tok_json = tok.to_str()
-    from tokenizers import Tokenizer as _T
-
     eot = "<|endoftext|>"
-    return PreTrainedTokenizerFast(tokenizer_object=_T.from_str(_tiny_tok_json), bos_token=eot, eos_token=eot,
-                                   pad_token=eot, unk_token=eot, model_max_length=1 << 30)
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()), bos_token=eot,
+                                   eos_token=eot, pad_token=eot, unk_token=eot, model_max_length=1 << 30)
 
 
 def _tiny_config(family: str, vocab: int, overrides: dict):

@@ -78,12 +78,10 @@ def test_tiny_model_deterministic_and_leaves_global_rng():
     assert not torch.equal(a.model.layers[0].mlp.up_proj.weight, c.model.layers[0].mlp.up_proj.weight)
 
 
-def test_tiny_tokenizer_fast_deterministic_roundtrip():
-    pm._tiny_tok_json = None
-    t0 = time.perf_counter()
+def test_tiny_tokenizer_deterministic_roundtrip():
+    pm._tiny_tokenizer_json.cache_clear()
     t1 = tiny_tokenizer()
-    assert time.perf_counter() - t0 < 1.0
-    pm._tiny_tok_json = None
+    pm._tiny_tokenizer_json.cache_clear()  # trained again from scratch: the same tokenizer
     t2 = tiny_tokenizer()
     assert t1.backend_tokenizer.to_str() == t2.backend_tokenizer.to_str()
     text = "Héllo wörld, 北京! The quick brown fox."
@@ -155,9 +153,37 @@ def test_local_dir_without_config(tmp_path):
 
 
 def test_unreachable_hub_id_fails_fast_with_clear_error(monkeypatch):
+    import os
+
+    import transformers
+
     monkeypatch.setattr(pm, "hub_reachable", lambda timeout=3.0: False)  # as on this closed network
-    t0 = time.perf_counter()
+    calls = []
+    real = transformers.AutoTokenizer.from_pretrained
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("local_files_only"), os.environ.get("HF_HUB_OFFLINE")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", spy)
+    env_before = dict(os.environ)
     with pytest.raises(ModelError, match="model: 'someone/not-a-real-model-x1' .*not reachable"):
+        load_model("someone/not-a-real-model-x1")
+    # no retries against a closed network: the local cache only, asked for by argument, not by the environment
+    assert calls and calls[0][0] is True and calls[0][1] == env_before.get("HF_HUB_OFFLINE")
+    assert dict(os.environ) == env_before
+
+
+@pytest.mark.slow
+def test_tiny_tokenizer_and_unreachable_hub_are_fast(monkeypatch):
+    """The wall-clock side of the two fast tests above (here, not in the fast suite: timing depends on load)."""
+    pm._tiny_tokenizer_json.cache_clear()
+    t0 = time.perf_counter()
+    tiny_tokenizer()
+    assert time.perf_counter() - t0 < 1.0
+    monkeypatch.setattr(pm, "hub_reachable", lambda timeout=3.0: False)
+    t0 = time.perf_counter()
+    with pytest.raises(ModelError, match="not reachable"):
         load_model("someone/not-a-real-model-x1")
     assert time.perf_counter() - t0 < 10  # no 25 s of transformers retries
 
