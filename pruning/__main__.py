@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import runpy
@@ -18,9 +17,14 @@ import threading
 from pathlib import Path
 
 from . import events as ev
-from .config import DEFAULT_MODEL, DEFAULT_PROMPTS, CalibConfig, ConfigError, EvalConfig, PruneConfig
-from .solvers import SOLVERS, UPDATES, SolverError
+from .config import (CALIB_SOURCES, CPU_SIZES, DEVICES, DTYPES, GPU_SIZES, CalibConfig, EvalConfig, PruneConfig,
+                     method_label, sweep_configs)
+from .errors import InputError, PruningError
+from .patterns import PATTERNS
+from .solvers import SOLVERS, UPDATES
 
+DEFAULTS = PruneConfig()  # every default shown by --help is read from here or from the registries
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"  # present in a source checkout only
 _SHORT = {"self_attn.": "", "mlp.": "", "_proj": "", "attn.": ""}
 
 
@@ -30,62 +34,86 @@ def _short(name: str) -> str:
     return name
 
 
-def _solver_option_args(p: argparse.ArgumentParser) -> list[str]:
-    """One --flag per option declared by any solver or update (the registry is the single source)."""
-    seen: dict[str, list[str]] = {}
-    helps: dict[str, str] = {}
-    for reg in (SOLVERS, UPDATES):
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Appends '(default: X)' to every flag that has a default worth showing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or not action.option_strings or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _option_defaults() -> dict[str, tuple[str, dict]]:
+    """{option name: (help, {owner: default})} over every solver and update; an update that shares a solver's name
+    and default (sparsegpt, admm) is listed once."""
+    out: dict[str, tuple[str, dict]] = {}
+    for reg, what in ((SOLVERS, ""), (UPDATES, " update")):
         for spec in reg:
             for o in spec.options:
-                seen.setdefault(o.name, []).append(f"{spec.name}={o.default}")
-                helps.setdefault(o.name, o.help)
-    g = p.add_argument_group("solver options (from the registry; defaults per solver)")
-    for name, owners in seen.items():
+                help_text, owners = out.setdefault(o.name, (o.help, {}))
+                if owners.get(spec.name, object()) == o.default:
+                    continue
+                owners[spec.name if spec.name not in owners else spec.name + what] = o.default
+    return out
+
+
+def _solver_option_args(p: argparse.ArgumentParser) -> list[str]:
+    """One --flag per option declared by any solver or update (the registry is the single source)."""
+    g = p.add_argument_group("solver options (declared by each solver; a flag applies to those that declare it)")
+    declared = _option_defaults()
+    for name, (help_text, owners) in declared.items():
+        by_value: dict[str, list[str]] = {}
+        for owner, default in owners.items():
+            by_value.setdefault(repr(default), []).append(owner)
+        defaults = "; ".join(f"{v} for {', '.join(o)}" for v, o in by_value.items())
         g.add_argument("--" + name.replace("_", "-"), dest="opt_" + name, default=None, metavar="V",
-                       help=f"{helps[name]} [{', '.join(owners)}]")
-    return list(seen)
+                       help=f"{help_text} (default: {defaults})".replace("%", "%%"))
+    return list(declared)
+
+
+def _sizes_help(i: int, what: str) -> str:
+    return f"{what} (default: {CPU_SIZES[i]} on CPU, {GPU_SIZES[i] or 'all'} on GPU)"
 
 
 def _common(p: argparse.ArgumentParser) -> list[str]:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="embedded default (smollm2-135m), a local HF model directory, or a hub id")
-    p.add_argument("--calib", default="wiki-sample", help="calibration text: wiki-sample, pydoc, wikitext2, c4, or a text file path")
-    p.add_argument("--nsamples", type=int, default=None, help="calibration windows (default: 16 on CPU, 128 on GPU)")
-    p.add_argument("--seqlen", type=int, default=None, help="tokens per calibration window (default: 512 on CPU, 2048 on GPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval", dest="eval_source", default=None, help="evaluation text (default: same source as --calib)")
-    p.add_argument("--eval-windows", type=int, default=None, help="evaluation windows, 0 = all (default: 16 on CPU, 0 on GPU)")
+    d = DEFAULTS
+    p.add_argument("--model", default=d.model,
+                   help="the embedded default (smollm2-135m), a local Hugging Face model directory, or a hub id")
+    p.add_argument("--calib", default=d.calib.source,
+                   help=f"calibration text: {', '.join(CALIB_SOURCES)}, wikitext2:DIR, c4:DIR, or a text file path")
+    p.add_argument("--nsamples", type=int, default=None, help=_sizes_help(0, "calibration windows"))
+    p.add_argument("--seqlen", type=int, default=None, help=_sizes_help(1, "tokens per calibration window"))
+    p.add_argument("--seed", type=int, default=d.calib.seed, help="seed of the calibration window draw")
+    p.add_argument("--eval", dest="eval_source", default=None, help="evaluation text (default: the --calib source)")
+    p.add_argument("--eval-windows", type=int, default=None, help=_sizes_help(2, "evaluation windows, 0 = all"))
     p.add_argument("--eval-seqlen", type=int, default=None, help="evaluation window length (default: = --seqlen)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default="auto", help="forward dtype: auto (bfloat16 on GPUs and on CPUs with native bf16, else float32), float32, bfloat16, float16; solver maths is always float32")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per batched forward")
-    p.add_argument("--true-sequential", action="store_true", help="re-run the block before each group of linears (q/k/v, o, gate/up, down)")
-    p.add_argument("--prompt", action="append", default=None, help="generation prompt (repeatable)")
-    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--device", default=d.device, help=f"{', '.join(DEVICES)} or cuda:N")
+    p.add_argument("--dtype", default=d.dtype, help=f"forward dtype: {', '.join(DTYPES)}; auto = bfloat16 on GPUs "
+                   "and on CPUs with native bf16, else float32; statistics and solver maths are always float32")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="calibration windows per batched forward")
+    p.add_argument("--true-sequential", action="store_true",
+                   help="re-run the block before each group of linears (q/k/v, o, gate/up, down)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help=f"generation prompt, repeatable (default: {' | '.join(d.prompts)})".replace("%", "%%"))
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="tokens generated per prompt")
     p.add_argument("--quiet", action="store_true", help="no per-block lines")
     return _solver_option_args(p)
 
 
-def _gpu(device: str) -> bool:
-    if device.startswith("cuda"):
-        return True
-    if device == "auto":
-        import torch
-
-        return torch.cuda.is_available()
-    return False
+def _options(a, opt_names: list[str]) -> dict:
+    return {n: getattr(a, "opt_" + n) for n in opt_names if getattr(a, "opt_" + n) is not None}
 
 
-def _config(a, solver: str, sparsity: float, pattern: str, opt_names: list[str]) -> PruneConfig:
-    gpu = _gpu(a.device)
-    seqlen = a.seqlen if a.seqlen is not None else (2048 if gpu else 512)
-    opts = {n: getattr(a, "opt_" + n) for n in opt_names if getattr(a, "opt_" + n) is not None}
+def _config(a, options: dict, **fields) -> PruneConfig:
+    """The config of the flags: device-dependent sizes (``for_device``) where a size flag is not given."""
+    calib = CalibConfig.for_device(a.device, source=a.calib, nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed)
+    evalc = EvalConfig.for_device(a.device, source=a.eval_source or a.calib, windows=a.eval_windows,
+                                  seqlen=a.eval_seqlen if a.eval_seqlen is not None else calib.seqlen)
     return PruneConfig(
-        model=a.model, solver=solver, sparsity=sparsity, pattern=pattern, update=getattr(a, "update", "none"), options=opts,
-        calib=CalibConfig(source=a.calib, nsamples=a.nsamples if a.nsamples is not None else (128 if gpu else 16), seqlen=seqlen, seed=a.seed),
-        eval=EvalConfig(source=a.eval_source or a.calib, windows=a.eval_windows if a.eval_windows is not None else (0 if gpu else 16),
-                        seqlen=a.eval_seqlen if a.eval_seqlen is not None else seqlen),
+        model=a.model, options=options, calib=calib, eval=evalc,
         device=a.device, dtype=a.dtype, true_sequential=a.true_sequential, batch_size=a.batch_size,
-        prompts=tuple(a.prompt) if a.prompt else DEFAULT_PROMPTS, max_new_tokens=a.max_new_tokens,
+        prompts=tuple(a.prompt) if a.prompt else DEFAULTS.prompts, max_new_tokens=a.max_new_tokens, **fields,
     )
 
 
@@ -126,7 +154,7 @@ class Progress:
 
 def _print_report(r: dict) -> None:
     c = r["config"]
-    print(f"\nmodel {r['model']['id']}  solver {c['solver']}{'+' + c['update'] if c['update'] != 'none' else ''}  "
+    print(f"\nmodel {r['model']['id']}  solver {method_label(c)}  "
           f"pattern {c['pattern']}  target sparsity {c['sparsity']:.2%}  device {r['device']} ({r['dtype']})")
     print(f"perplexity  dense {r['perplexity']['dense']:.3f}   pruned {r['perplexity']['pruned']:.3f}"
           f"   ({r['evaluation']['windows']} × {r['evaluation']['seqlen']} tokens, {c['eval']['source']})")
@@ -160,10 +188,8 @@ def _run_one(cfg: PruneConfig, a, keep_model: bool = False) -> dict:
 
 
 def _store(report: dict) -> None:
-    try:
-        from .results import store_report
-    except ImportError:
-        return
+    from .results import store_report
+
     try:
         store_report(report)
     except Exception as e:  # the result is still printed/written; the cache is a convenience
@@ -176,7 +202,7 @@ def _write_json(path: str, obj) -> None:
 
 
 def cmd_run(a, opt_names) -> int:
-    cfg = _config(a, a.solver, a.sparsity, a.pattern, opt_names)
+    cfg = _config(a, _options(a, opt_names), solver=a.solver, sparsity=a.sparsity, pattern=a.pattern, update=a.update)
     report = _run_one(cfg, a, keep_model=bool(a.save))
     model, tok = report.pop("_model", None), report.pop("_tokenizer", None)
     _store(report)
@@ -192,13 +218,17 @@ def cmd_run(a, opt_names) -> int:
     return 0
 
 
-def _sweep_entries(text: str) -> list[tuple[str, str]]:
-    """'wanda,sparsefw+admm' -> [('wanda', 'none'), ('sparsefw', 'admm')]: a mask solver may carry '+update'."""
+def _items(text: str) -> list[str]:
+    return [x.strip() for x in str(text).split(",") if x.strip()]
+
+
+def _floats(text: str, field_name: str) -> list[float]:
     out = []
-    for item in (x.strip() for x in text.split(",")):
-        if item:
-            solver, _, update = item.partition("+")
-            out.append((solver.strip(), update.strip() or "none"))
+    for item in _items(text):
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise InputError(f"{field_name}: {item!r} is not a number; write e.g. 0.5,0.6,0.7") from None
     return out
 
 
@@ -215,21 +245,12 @@ def _cached(cfg: PruneConfig) -> dict | None:
 
 
 def cmd_sweep(a, opt_names) -> int:
-    entries = _sweep_entries(a.solvers)
-    sparsities = [float(s) for s in a.sparsities.split(",") if s.strip()]
-    patterns = [s.strip() for s in a.patterns.split(",") if s.strip()]
-    configs, seen = [], set()
-    for (solver, update), s, pat in itertools.product(entries, sparsities, patterns):
-        declared = {o.name for o in SOLVERS.get(solver).options} | {o.name for o in UPDATES.get(update).options}
-        a.update = update
-        cfg = _config(a, solver, s, pat, [n for n in opt_names if n in declared])
-        if cfg.key() not in seen:  # N:M fixes the sparsity: 2:4 at 0.5/0.6/0.7 is one run
-            seen.add(cfg.key())
-            configs.append(cfg)
+    configs = sweep_configs(_config(a, {}), _items(a.solvers), _floats(a.sparsities, "sparsities"),
+                            _items(a.patterns), _items(a.updates), options=_options(a, opt_names))
     print(f"sweep: {len(configs)} runs", file=sys.stderr)
     rows = []
     for i, cfg in enumerate(configs):
-        name = cfg.solver + ("+" + cfg.update if cfg.update != "none" else "")
+        name = cfg.method
         print(f"\n=== run {i + 1}/{len(configs)}: {name} {cfg.pattern} {cfg.sparsity:.0%}", file=sys.stderr)
         r = _cached(cfg) if a.resume else None
         if r is not None:
@@ -245,7 +266,7 @@ def cmd_sweep(a, opt_names) -> int:
     for r in rows:
         c = r["config"]
         errs = [l["rel_error"] for l in r["layers"]]
-        print(f"{c['solver'] + ('+' + c['update'] if c['update'] != 'none' else ''):<12}{c['pattern']:<14}{r['sparsity']:>9.3f}{r['perplexity']['dense']:>11.3f}"
+        print(f"{method_label(c):<12}{c['pattern']:<14}{r['sparsity']:>9.3f}{r['perplexity']['dense']:>11.3f}"
               f"{r['perplexity']['pruned']:>12.3f}{sum(errs) / len(errs):>10.4f}{r['timings'].get('prune_total', 0):>9.1f}")
     if a.json:
         _write_json(a.json, rows)
@@ -263,52 +284,80 @@ def cmd_solvers(a) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pruning", description="Pruning Lab: one-shot LLM pruning, block by block.")
+def cmd_bench(a, p: argparse.ArgumentParser) -> int:
+    if not BENCHMARKS.is_dir():
+        p.error(f"bench: needs a source checkout of Pruning Lab: the benchmark scripts live in its benchmarks/ "
+                f"folder, which an installed package does not include (looked in {BENCHMARKS})")
+    script = BENCHMARKS / f"bench_{a.name}.py"
+    if not script.exists():
+        names = sorted(f.stem[len("bench_"):] for f in BENCHMARKS.glob("bench_*.py"))
+        p.error(f"bench: no benchmarks/bench_{a.name}.py; allowed: {', '.join(names)}")
+    sys.argv = [str(script), *a.rest]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
+    """The CLI's parser, and the solver option names its run/export/sweep flags carry."""
+    prog = "pruning-lab" if Path(sys.argv[0]).name == "pruning-lab" else "python -m pruning"
+    d = DEFAULTS
+    p = argparse.ArgumentParser(prog=prog, description="Pruning Lab: one-shot LLM pruning, block by block.",
+                                formatter_class=_Help)
     sub = p.add_subparsers(dest="cmd", required=True)
-    pr = sub.add_parser("run", help="prune once, evaluate, generate")
-    ex = sub.add_parser("export", help="prune and save_pretrained the pruned model (same flags as run; --save required)")
+    pr = sub.add_parser("run", help="prune once, evaluate, generate", formatter_class=_Help)
+    ex = sub.add_parser("export", help="prune and save_pretrained the pruned model (same flags as run; --save required)",
+                        formatter_class=_Help)
     for q in (pr, ex):
-        q.add_argument("--solver", default="sparsegpt", help=f"one of: {', '.join(SOLVERS.names())}")
-        q.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned, in [0, 1) (N:M fixes it to N/M)")
-        q.add_argument("--pattern", default="unstructured", help="unstructured, per-row, or N:M such as 2:4, 4:8 (N pruned of M)")
-        q.add_argument("--update", default="none", help=f"weight update after a mask solver: {', '.join(UPDATES.names())}")
+        q.add_argument("--solver", default=d.solver, help=f"one of: {', '.join(SOLVERS.names())}")
+        q.add_argument("--sparsity", type=float, default=d.sparsity, help="fraction pruned, in [0, 1) (N:M fixes it to N/M)")
+        q.add_argument("--pattern", default=d.pattern,
+                       help=f"{', '.join(PATTERNS[:2])}, or N:M such as 2:4, 4:8 (N pruned of each M)")
+        q.add_argument("--update", default=d.update, help=f"weight update after a mask solver: {', '.join(UPDATES.names())}")
         q.add_argument("--json", default=None, help="write the full report here")
         q.add_argument("--save", default=None, help="save_pretrained the pruned model (and tokenizer) to this directory")
     opt_names = _common(pr)
     _common(ex)
-    sw = sub.add_parser("sweep", help="solvers × sparsities × patterns; prints a table")
+    sw = sub.add_parser("sweep", help="solvers × updates × patterns × sparsities; prints a table", formatter_class=_Help)
     sw.add_argument("--solvers", default="magnitude,wanda,sparsegpt",
-                    help="comma-separated; a mask solver may carry a weight update: wanda+admm, sparsefw+sparsegpt")
-    sw.add_argument("--sparsities", default="0.5")
-    sw.add_argument("--patterns", default="unstructured")
+                    help="comma-separated; a mask solver may carry its own update: wanda+admm, sparsefw+sparsegpt")
+    sw.add_argument("--updates", default=d.update,
+                    help="comma-separated updates tried after each mask solver given without '+' (none = the mask "
+                         f"alone); solvers that update the weights themselves run once. Allowed: {', '.join(UPDATES.names())}")
+    sw.add_argument("--sparsities", default=str(d.sparsity), help="comma-separated fractions pruned")
+    sw.add_argument("--patterns", default=d.pattern, help="comma-separated patterns (N:M runs once: it fixes the sparsity)")
     sw.add_argument("--json", default=None, help="write all reports as one JSON list")
     sw.add_argument("--json-dir", default=None, help="write one report JSON per run into this directory")
     sw.add_argument("--resume", action="store_true", help="reuse the stored result of a run already in the result cache")
     _common(sw)
     sub.add_parser("solvers", help="list solvers and their options")
-    bn = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (pipeline, solvers, ...)")
-    bn.add_argument("name")
-    bn.add_argument("rest", nargs=argparse.REMAINDER)
+    bn = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (a source checkout only)")
+    bn.add_argument("name", help="pipeline, solvers, ... (benchmarks/bench_NAME.py)")
+    bn.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the script")
+    return p, opt_names
+
+
+def main(argv: list[str] | None = None) -> int:
+    p, opt_names = build_parser()
     a = p.parse_args(argv)
     try:
         if a.cmd == "solvers":
             return cmd_solvers(a)
         if a.cmd == "bench":
-            script = Path(__file__).resolve().parent.parent / "benchmarks" / f"bench_{a.name}.py"
-            if not script.exists():
-                p.error(f"bench: no benchmarks/bench_{a.name}.py")
-            sys.argv = [str(script), *a.rest]
-            runpy.run_path(str(script), run_name="__main__")
-            return 0
+            return cmd_bench(a, p)
         if a.cmd == "export" and not a.save:
             p.error("export: --save DIR is required")
         if a.cmd in ("run", "export"):
             return cmd_run(a, opt_names)
         return cmd_sweep(a, opt_names)
-    except (ConfigError, SolverError, ValueError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ValueError as e:  # a bad value a library rejected (the message names it)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except PruningError as e:  # numerical: the maths failed on these numbers
+        print(f"error ({e.kind}): {e}", file=sys.stderr)
+        return 1
     except ev.Cancelled:
         print("cancelled; nothing was saved", file=sys.stderr)
         return 130

@@ -1,8 +1,12 @@
-"""High-level entry points used by the CLI and the app: run a whole job, estimate its time, describe a model.
+"""High-level entry points used by the CLI and the app: run a whole job, prune a model, estimate a run's time,
+describe a model.
 
 ``run_job`` = load (cached per process) → dense evaluation (cached per model + evaluation config, on disk)
 → prune a *copy* of the loaded model → pruned evaluation → greedy generations, emitting typed events all
 along. The loaded dense model is never modified, whatever happens (cancel, bad input, NaN).
+``prune_model`` (the public one, ``from pruning import prune_model``) prunes a model you hold, in place, loading
+the calibration windows of ``config.calib`` itself. The loaded models and dense baselines are held by
+``pruning.engine.DEFAULT``; device and dtype resolution is ``pruning.device``.
 """
 from __future__ import annotations
 
@@ -18,62 +22,55 @@ import torch
 
 from . import events as ev
 from .blocks import block_linears, find_blocks
-from .config import PruneConfig
+from .config import CalibConfig, PruneConfig
+from .device import cpu_has_native_bf16, resolve_device, resolve_dtype  # noqa: F401 -- re-exported (public names)
+from .engine import DEFAULT as ENGINE
+from .errors import error_kind, user_message
 from .evaluate import generate, perplexity
-from .pipeline import prune_model
+from .settings import cache_dir
 
-_LOCK = threading.RLock()
-_MODELS: dict[tuple, tuple] = {}
-_DENSE: dict[str, dict] = {}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but no CUDA device is available; allowed here: auto, cpu")
-    return torch.device(device)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bfloat16 natively (avx512_bf16 or AMX). Without it, PyTorch emulates bf16
-    matmuls and a forward is several times *slower* than in float32 (measured on a 2-core AVX2 EPYC: SmolLM2,
-    512 tokens, 13.7 s in bf16 vs 2.3 s in fp32; on an avx512_bf16 EPYC bf16 was 2× faster than fp32)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:  # not Linux: ask oneDNN (true on CPUs where it runs bf16 kernels)
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """The forward dtype. 'auto' = the fastest one the device computes natively: bfloat16 on GPUs that support it
-    (else float16) and on CPUs with native bf16, float32 on other CPUs. Statistics and solver maths stay float32."""
-    if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+_LOCK = ENGINE.load_lock  # held for a whole model load (kept as a name for callers that wait on it)
 
 
 def get_model(model_id: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
-    """(model, tokenizer, fingerprint), loaded once per process per (model, device, dtype)."""
+    """(model, tokenizer, fingerprint), loaded once per process per (model, device, dtype) into ``ENGINE.models``.
+    The model is shared: do not modify it (``run_job`` prunes a copy)."""
     from .models import load_model, model_fingerprint
 
-    dev = resolve_device(device) if isinstance(device, str) else device
-    dt = resolve_dtype(dtype, dev) if isinstance(dtype, str) else dtype
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
     key = (model_id, str(dev), str(dt))
-    with _LOCK:
-        if key not in _MODELS:
+    with ENGINE.load_lock:
+        if key not in ENGINE.models:
             model, tok = load_model(model_id, device=dev, dtype=dt)
-            _MODELS[key] = (model, tok, model_fingerprint(model))
-        return _MODELS[key]
+            ENGINE.models[key] = (model, tok, model_fingerprint(model))
+        return ENGINE.models[key]
+
+
+def calibration_windows_for(tokenizer, calib: CalibConfig) -> torch.Tensor:
+    """(nsamples, seqlen) calibration windows of ``calib`` (``pruning.data.calibration_windows``)."""
+    from .data import calibration_windows
+
+    return calibration_windows(tokenizer, source=calib.source, nsamples=calib.nsamples, seqlen=calib.seqlen,
+                               seed=calib.seed)
+
+
+def prune_model(model, tokenizer, config: PruneConfig, on_event: Callable[[ev.Event], None] | None = None,
+                cancel: threading.Event | None = None, windows: torch.Tensor | None = None) -> dict:
+    """Prune ``model`` in place with ``config``; returns the pipeline's report (per-layer errors, sparsity, timings).
+
+    windows: (n, seqlen) int64 calibration token ids; None = drawn from ``config.calib`` with ``tokenizer``.
+    on_event receives the typed events of ``pruning.events``; setting ``cancel`` stops between layers (raises
+    ``events.Cancelled``). On cancel or failure every weight is restored first, so the model is exactly as given.
+    """
+    from .pipeline import prune_model as run_pipeline
+
+    if windows is None:
+        windows = calibration_windows_for(tokenizer, config.calib)
+    return run_pipeline(model, tokenizer, config, on_event=on_event, cancel=cancel, windows=windows)
 
 
 def _dense_cache_path(key: str):
-    from .models import cache_dir
-
     d = cache_dir() / "dense"
     d.mkdir(parents=True, exist_ok=True)
     return d / f"{key}.json"
@@ -85,14 +82,13 @@ def dense_baseline(config: PruneConfig, model, tokenizer, fingerprint: str, eval
                        "dev": next(model.parameters()).device.type, "prompts": list(config.prompts),
                        "new": config.max_new_tokens, "n": int(eval_ids.shape[0])}, sort_keys=True)
     key = hashlib.sha256(blob.encode()).hexdigest()[:20]
-    with _LOCK:
-        if key in _DENSE:
-            return dict(_DENSE[key], cached=True)
+    hit = ENGINE.dense.get(key)
+    if hit is not None:
+        return dict(hit, cached=True)
     path = _dense_cache_path(key)
     if path.exists():
         try:
-            res = json.loads(path.read_text())
-            _DENSE[key] = res
+            res = ENGINE.dense.put(key, json.loads(path.read_text()))
             return dict(res, cached=True)
         except (OSError, ValueError):
             pass
@@ -104,8 +100,7 @@ def dense_baseline(config: PruneConfig, model, tokenizer, fingerprint: str, eval
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(res))
     os.replace(tmp, path)
-    with _LOCK:
-        _DENSE[key] = res
+    ENGINE.dense.put(key, res)
     return dict(res, cached=False)
 
 
@@ -116,7 +111,7 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
     With ``keep_model`` the pruned model is returned in ``report['_model']`` (not JSON-able; for --save).
     Raises events.Cancelled on cancel (after emitting JobCancelled); other errors emit JobFailed and re-raise.
     """
-    from .data import calibration_windows, eval_windows
+    from .data import eval_windows
 
     emit = on_event or (lambda e: None)
     cancel = cancel or threading.Event()
@@ -132,7 +127,7 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
         validate_model_for_pattern(model, config.pattern)
         c, e = config.calib, config.eval
         t0 = time.perf_counter()
-        calib_ids = calibration_windows(tok, source=c.source, nsamples=c.nsamples, seqlen=c.seqlen, seed=c.seed)
+        calib_ids = calibration_windows_for(tok, c)
         eval_ids = eval_windows(tok, source=e.source, seqlen=e.seqlen, max_windows=e.windows)
         timings["data"] = time.perf_counter() - t0
         if cancel.is_set():
@@ -145,7 +140,7 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
         t0 = time.perf_counter()
         pruned = copy.deepcopy(model)
         timings["copy"] = time.perf_counter() - t0
-        rep = prune_model(pruned, tok, config, on_event=emit, cancel=cancel, windows=calib_ids)
+        rep = prune_model(pruned, tok, config, on_event=emit, cancel=cancel, windows=calib_ids)  # windows given
         for k, v in rep["timings"].items():
             timings["prune_" + k if k == "total" else k] = v
         emit(ev.PhaseStarted("pruned-eval", f"{eval_ids.shape[0]} windows"))
@@ -190,7 +185,7 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
         emit(ev.JobCancelled(str(exc) or "cancelled by the user"))
         raise
     except Exception as exc:
-        emit(ev.JobFailed(f"{type(exc).__name__}: {exc}"))
+        emit(ev.JobFailed(user_message(exc), kind=error_kind(exc)))
         raise
 
 
@@ -207,14 +202,11 @@ def _loaded(config: PruneConfig):
     """(model, device, dtype) of the config if ``get_model`` already holds it, else (None, device, dtype)."""
     dev = resolve_device(config.device)
     dt = resolve_dtype(config.dtype, dev)
-    # no _LOCK: get_model holds it for a whole load (the first conversion of the embedded model takes ~30 s), and an
-    # estimate must not wait for that; a dict lookup is atomic, and a model still loading is simply not there yet
-    hit = _MODELS.get((config.model, str(dev), str(dt)))
-    return (hit[0] if hit else None), dev, dt
+    return ENGINE.loaded_model(config.model, dev, dt), dev, dt  # never waits for a load in progress
 
 
 def estimate_seconds(config: PruneConfig, device: str | None = None) -> float:
-    """Predicted seconds of ``run_job(config)`` (dense evaluation cached), from ``pruning.estimate``'s cost model:
+    """Predicted seconds of ``run_job(config)`` (dense evaluation cached), from ``pruning.cost_model``:
     this machine's measured rates, the model's shapes (SmolLM2's until the model is loaded) and the corrections
     learned from the runs finished in this process."""
     from . import cost_model

@@ -2,6 +2,10 @@
 
 Validation happens once, in ``__post_init__``, with messages that name the field and the allowed values,
 so bad input is rejected before any model is loaded or any weight touched.
+
+Also here, so that the CLI and the app share them: the device-dependent run sizes (``CalibConfig.for_device``,
+``EvalConfig.for_device``), the method name ``'solver+update'`` (``method_label``/``parse_method``) and the
+expansion of a sweep into configs (``sweep_configs``).
 """
 from __future__ import annotations
 
@@ -9,16 +13,27 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
+from typing import Iterable
 
+from .assets import DEFAULT_MODEL
 from .errors import InputError
 from .patterns import parse_pattern
 from .solvers import SOLVERS, UPDATES, SolverError
 
 SCHEMA_VERSION = 1
-DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_PROMPTS = ("The capital of France is", "Once upon a time, there was a little girl who")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+CALIB_SOURCES = ("wiki-sample", "pydoc", "wikitext2", "c4")  # named text sources (also: a file path, text:...)
+# run sizes: (calibration windows, tokens per window, evaluation windows with 0 = all)
+CPU_SIZES = (16, 512, 16)  # small enough for a laptop CPU (SmolLM2: about a minute per run)
+GPU_SIZES = (128, 2048, 0)  # the papers' setting
+
+
+def _sizes(device) -> tuple[int, int, int]:
+    from .device import is_accelerator  # lazy: the sizes are the only device question a config asks
+
+    return GPU_SIZES if is_accelerator(device) else CPU_SIZES
 
 
 class ConfigError(InputError):
@@ -43,16 +58,23 @@ class CalibConfig:
     """
 
     source: str = "wiki-sample"
-    nsamples: int = 16
-    seqlen: int = 512
+    nsamples: int = CPU_SIZES[0]
+    seqlen: int = CPU_SIZES[1]
     seed: int = 0
+
+    @classmethod
+    def for_device(cls, device="auto", **changes) -> "CalibConfig":
+        """The default calibration for ``device`` ('auto', 'cpu', 'cuda', ...): 16 × 512 tokens on a CPU, the papers'
+        128 × 2048 on a GPU; ``changes`` override single fields (None values are ignored)."""
+        n, seqlen, _ = _sizes(device)
+        return cls(**{"nsamples": n, "seqlen": seqlen, **{k: v for k, v in changes.items() if v is not None}})
 
     def __post_init__(self):
         object.__setattr__(self, "nsamples", _check_int("nsamples", self.nsamples, 1, 100_000))
         object.__setattr__(self, "seqlen", _check_int("seqlen", self.seqlen, 8, 1 << 17))
         object.__setattr__(self, "seed", _check_int("seed", self.seed, 0))
         if not str(self.source).strip():
-            raise ConfigError("calib: empty source; allowed: wiki-sample, wikitext2, c4, pydoc, or a text file path")
+            raise ConfigError(f"calib: empty source; allowed: {', '.join(CALIB_SOURCES)}, or a text file path")
 
 
 @dataclass(frozen=True)
@@ -60,8 +82,15 @@ class EvalConfig:
     """Perplexity: non-overlapping ``seqlen`` windows of the evaluation split, tail dropped; ``windows``=0: all."""
 
     source: str = "wiki-sample"
-    windows: int = 16
-    seqlen: int = 512
+    windows: int = CPU_SIZES[2]
+    seqlen: int = CPU_SIZES[1]
+
+    @classmethod
+    def for_device(cls, device="auto", **changes) -> "EvalConfig":
+        """The default evaluation for ``device``: 16 windows of 512 tokens on a CPU, every window of 2048 tokens on
+        a GPU; ``changes`` override single fields (None values are ignored)."""
+        _, seqlen, windows = _sizes(device)
+        return cls(**{"windows": windows, "seqlen": seqlen, **{k: v for k, v in changes.items() if v is not None}})
 
     def __post_init__(self):
         object.__setattr__(self, "windows", _check_int("eval_windows", self.windows, 0, 1_000_000))
@@ -79,7 +108,7 @@ class PruneConfig:
     calib: CalibConfig = field(default_factory=CalibConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     device: str = "auto"
-    dtype: str = "auto"  # auto: bf16 forwards where the device computes bf16 natively, else fp32 (api.resolve_dtype)
+    dtype: str = "auto"  # auto: bf16 forwards where the device computes bf16 natively, else fp32 (device.resolve_dtype)
     true_sequential: bool = False
     batch_size: int = 8
     prompts: tuple = DEFAULT_PROMPTS
@@ -150,11 +179,8 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PruneConfig":
-        d = dict(d)
-        d["options"] = tuple(sorted(dict(d.get("options", {})).items()))
-        d["prompts"] = tuple(d.get("prompts", DEFAULT_PROMPTS))
-        d["calib"] = CalibConfig(**d.get("calib", {}))
-        d["eval"] = EvalConfig(**d.get("eval", {}))
+        """The inverse of ``to_dict`` (missing fields take their defaults); ``__post_init__`` coerces the nested
+        dicts and lists, so there is one conversion path."""
         return cls(**d)
 
     def key(self) -> str:
@@ -181,3 +207,81 @@ def method_label(solver: str | dict, update: str | None = None) -> str:
         d = solver.get("config", solver)
         solver, update = d.get("solver", "?"), d.get("update", "none")
     return f"{solver}+{update}" if update and update != "none" else str(solver)
+
+
+def parse_method(method: str, field_name: str = "solver") -> tuple[str, str]:
+    """'wanda' -> ('wanda', 'none'); 'wanda+admm' -> ('wanda', 'admm'). Checks both names and that a '+update'
+    follows a mask solver only; raises ConfigError naming ``field_name``."""
+    solver, _, update = str(method).partition("+")
+    solver, update = solver.strip(), update.strip() or "none"
+    if solver not in SOLVERS:
+        raise ConfigError(f"{field_name}: unknown solver {solver!r} in {method!r}; allowed: {', '.join(SOLVERS.names())}")
+    if update not in UPDATES:
+        raise ConfigError(f"{field_name}: unknown update {update!r} in {method!r}; allowed: {', '.join(UPDATES.names())}")
+    if update != "none" and SOLVERS.get(solver).kind != "mask":
+        raise ConfigError(f"{field_name}: {method!r} is not allowed: {solver!r} already updates the weights, so it takes "
+                          f"no '+update'; an update may follow a mask solver: {', '.join(mask_solvers())}")
+    return solver, update
+
+
+def mask_solvers() -> list[str]:
+    """Names of the solvers that choose a mask only (an update may follow them)."""
+    return [s.name for s in SOLVERS if s.kind == "mask"]
+
+
+def declared_options(solver: str, update: str = "none") -> set[str]:
+    """Option names the solver (and the update) declare in the registry."""
+    names = {o.name for o in SOLVERS.get(solver).options}
+    return names | ({o.name for o in UPDATES.get(update).options} if update != "none" else set())
+
+
+def sweep_configs(base: PruneConfig, solvers: Iterable[str], sparsities: Iterable[float], patterns: Iterable[str],
+                  updates: Iterable[str] = ("none",), *, options: dict | None = None) -> list[PruneConfig]:
+    """A sweep: every method × pattern × sparsity, as configs that differ from ``base`` in those fields only.
+
+    solvers:    names; an entry may carry its own update ('wanda+admm', a mask solver only).
+    updates:    the updates tried after each mask solver written without '+' ('none' = the mask alone); a solver
+                that updates the weights itself runs once, with update 'none'.
+    options:    solver/update options (e.g. from CLI flags); each config keeps those its solver and update declare,
+                on top of ``base.options`` (filtered the same way).
+    N:M fixes the sparsity, so '2:4' at 0.5 and 0.7 is one run: configs are de-duplicated by ``key()``, first
+    occurrence kept, order = solvers, updates, patterns, sparsities. Raises ConfigError naming the field
+    (solvers, updates, patterns, sparsities).
+    """
+    solvers, patterns, sparsities = list(solvers), list(patterns), list(sparsities)
+    updates = list(updates) or ["none"]
+    if not solvers:
+        raise ConfigError(f"solvers: pick at least one; allowed: {', '.join(SOLVERS.names())}")
+    if not patterns:
+        raise ConfigError("patterns: pick at least one; allowed: unstructured, per-row, N:M such as 2:4")
+    if not sparsities:
+        raise ConfigError("sparsities: pick at least one; allowed: numbers in [0, 1) such as 0.5")
+    unknown = [u for u in updates if u not in UPDATES]
+    if unknown:
+        raise ConfigError(f"updates: unknown {', '.join(map(repr, unknown))}; allowed: {', '.join(UPDATES.names())}")
+    given = {**base.option_dict, **(options or {})}
+    methods = []
+    for entry in solvers:
+        solver, update = parse_method(entry, "solvers")
+        if "+" in str(entry) or SOLVERS.get(solver).kind != "mask":
+            methods.append((solver, update))
+        else:
+            methods += [(solver, u) for u in updates]
+    out, seen = [], set()
+    for solver, update in methods:
+        declared = declared_options(solver, update)
+        opts = {k: v for k, v in given.items() if k in declared}
+        for pattern in patterns:
+            for s in sparsities:
+                try:
+                    cfg = base.replace(solver=solver, update=update, pattern=pattern, sparsity=s, options=opts)
+                except ConfigError as e:  # name the sweep's field: 'patterns' / 'sparsities', not 'pattern'
+                    text = str(e)
+                    for one, many in (("pattern", "patterns"), ("sparsity", "sparsities")):
+                        if text.startswith(one + ":"):
+                            text = many + text[len(one):]
+                    raise ConfigError(text) from None
+                if cfg.key() not in seen:
+                    seen.add(cfg.key())
+                    out.append(cfg)
+    return out

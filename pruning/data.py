@@ -1,17 +1,17 @@
 """Calibration and evaluation text, and the tokenised windows the pipeline and the perplexity evaluation consume.
 
-Sampling follows the shared pipeline of the reference implementations (``reference/algorithms.md`` §1; checked
+Sampling follows the shared pipeline of the reference implementations (``docs/algorithms.md``; checked
 against IST-DASLab/sparsegpt ``datautils.py:get_c4``/``get_wikitext2`` and locuslab/wanda ``lib/data.py``):
 calibration = ``nsamples`` random windows of exactly ``seqlen`` tokens, each from a random document longer than
 ``seqlen`` (``random.Random(seed)``, same draw order as the reference's ``random.seed(seed)``); evaluation =
 the evaluation split tokenised as ONE string, cut into non-overlapping ``seqlen`` windows, tail dropped.
-Tokenisation never adds special tokens (no BOS), as in the reference evaluation of SmolLM2/assets.md §3.
+Tokenisation never adds special tokens (no BOS), as in the reference evaluation (``docs/assets.md``).
 
 Sources (``CalibConfig.source`` / ``EvalConfig.source``):
 
 ===========================  =========================================================================================
 ``wiki-sample`` (default)    94 English Wikipedia articles from gensim 4.4.0's test data, converted once to plain text
-                             (assets.md §2) and cached as ``cache_dir()/text/wiki-sample.txt``. Article ``i % 4 == 3``
+                             (docs/assets.md) and cached as ``cache_dir()/text/wiki-sample.txt``. Article ``i % 4 == 3``
                              -> eval (23), the rest -> calib (71). Text CC BY-SA, Wikipedia contributors.
 ``pydoc``                    CPython's ``pydoc_data.topics`` (always present), topics in sorted order, same i % 4 split.
 ``wikitext2``                HF ``wikitext``/``wikitext-2-raw-v1`` via ``datasets``: calib = train rows joined with
@@ -29,17 +29,15 @@ Sources (``CalibConfig.source`` / ``EvalConfig.source``):
 User text (files and pasted text): split into parts at blank lines. With at least 4 parts, part ``i % 4 == 3`` goes
 to eval and the rest to calib (each part is a document); with fewer, the whole text is used for both splits.
 
-Token ids are cached in memory per (tokenizer identity, source identity, split); nothing is written to disk except
-the converted Wikipedia text.
+Documents and token ids are cached in memory, per (tokenizer identity, source identity, split), in the process's
+``pruning.engine.DEFAULT`` (``DEFAULT.clear()`` forgets them); nothing is written to disk except the converted
+Wikipedia text. The Hub is never forced offline process-wide: an unreachable Hub means ``local_files_only``.
 """
 from __future__ import annotations
 
 import bz2
-import collections
-import contextlib
 import gzip
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -50,14 +48,12 @@ from pathlib import Path
 
 import torch
 
+from . import engine
+from .assets import WIKI_FILE, WIKI_INSTALL, wiki_xml_candidates
 from .errors import InputError
+from .settings import cache_dir, hub_reachable
 
-from .models import GENSIM_VERSION, _hub_offline, _hub_reachable, cache_dir
-
-WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-WIKI_INSTALL = f"pip install --no-deps gensim=={GENSIM_VERSION} && pip install mwparserfromhell==0.7.2"
-WIKI_ARTICLES = 94  # expected article count of the conversion (assets.md §2)
-WIKI_MD5 = "64daeb97a08757c5ae5af1d68ffed4cc"  # md5 of assets.md's reference conversion (ours differs slightly)
+WIKI_ARTICLES = 94  # expected article count of the conversion (docs/assets.md)
 WIKI_CONVERSION_VERSION = 1
 C4_TRAIN = "en/c4-train.00000-of-01024.json.gz"
 C4_VALIDATION = "en/c4-validation.00000-of-00008.json.gz"
@@ -87,7 +83,7 @@ def _split_i4(parts: list[str], split: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# wiki-sample: conversion of gensim's Wikipedia XML excerpt (assets.md §2 "conversion steps")
+# wiki-sample: conversion of gensim's Wikipedia XML excerpt (docs/assets.md, "conversion")
 
 _WIKI_CUT = re.compile(r"^==\s*(See also|References|External links|Further reading|Notes|Footnotes|Bibliography|"
                        r"Sources|Citations|Notes and references)\s*==", re.M | re.I)
@@ -101,9 +97,7 @@ _WIKI_MIN_CHARS = 2000
 
 def wiki_xml_path() -> Path:
     """The gensim test-data file, located without importing gensim (slow import, heavy dependencies)."""
-    spec = importlib.util.find_spec("gensim")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(root) / "test" / "test_data" / WIKI_FILE
+    for path in wiki_xml_candidates(WIKI_FILE):
         if path.is_file():
             return path
     raise DataError(f"calib.source/eval.source: 'wiki-sample' needs gensim's test data ({WIKI_FILE}), which is not "
@@ -137,7 +131,7 @@ def _wiki_article(title: str, wikitext: str) -> str | None:
 
 
 def convert_wiki_sample(xml_bz2: Path | None = None) -> list[str]:
-    """Convert the gensim Wikipedia excerpt to a list of articles (assets.md §2 conversion steps, ~13 s).
+    """Convert the gensim Wikipedia excerpt to a list of articles (docs/assets.md, ~13 s).
 
     Skips redirects and ``(disambiguation)`` pages; each article is ``= Title =`` followed by its plain-text body;
     articles contain no blank lines.
@@ -234,28 +228,17 @@ def _datasets_rows(field: str, label: str, how: str, **kwargs) -> list[str]:
             f"{field}: {label!r} needs the `datasets` package and access to the Hugging Face Hub "
             f"(pip install datasets), or local files: {how}. Offline alternatives: wiki-sample, pydoc, a text file."
         ) from None
-    online = _hub_reachable()
+    online = hub_reachable()
+    if not online:  # only the local datasets cache is tried (no ~25 s of retries), for this call only
+        kwargs["download_config"] = datasets.DownloadConfig(local_files_only=True)
     try:
-        # Unreachable Hub: offline mode, so only the local datasets cache is tried (no ~25 s of retries).
-        with contextlib.nullcontext() if online else _datasets_offline(datasets):
-            return list(datasets.load_dataset(**kwargs)["text"])
+        return list(datasets.load_dataset(**kwargs)["text"])
     except Exception as e:  # boundary: hub unreachable, dataset missing, ... -> one clear message
         why = ("the Hugging Face Hub is not reachable from this machine and the dataset is not in the local "
                "datasets cache" if not online else
                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         raise DataError(f"{field}: could not load {label!r} through `datasets` ({why}). "
                         f"Use local files: {how}. Offline alternatives: wiki-sample, pydoc, a text file.") from e
-
-
-@contextlib.contextmanager
-def _datasets_offline(datasets):
-    old = getattr(datasets.config, "HF_HUB_OFFLINE", None)
-    datasets.config.HF_HUB_OFFLINE = True
-    try:
-        with _hub_offline():
-            yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE = old
 
 
 def _local_rows(data_files, hf_split: str, field: str, what: str) -> list[str]:
@@ -323,11 +306,6 @@ def _pydoc_documents(split: str) -> list[str]:
     return _split_i4([topics[k].strip() for k in sorted(topics)], split)
 
 
-_DOC_CACHE: collections.OrderedDict = collections.OrderedDict()
-_DOC_CACHE_SIZE = 8
-_LOCK = threading.Lock()
-
-
 def _resolve(source: str, split: str) -> tuple[str, callable]:
     """(identity, loader) for a source string; identity changes whenever the text may change."""
     _check_split(split)
@@ -369,18 +347,14 @@ def _resolve(source: str, split: str) -> tuple[str, callable]:
 def load_documents(source: str = "wiki-sample", split: str = "calib") -> list[str]:
     """The documents (articles, topics, paragraphs, C4 rows, ...) of ``split`` of ``source``; cached in memory."""
     ident, loader = _resolve(source, split)
-    with _LOCK:
-        if (ident, split) in _DOC_CACHE:
-            _DOC_CACHE.move_to_end((ident, split))
-            return list(_DOC_CACHE[(ident, split)])
-    docs = loader()
-    if not docs or not any(d.strip() for d in docs):
-        raise DataError(f"{_field(split)}: source {str(source)[:80]!r} has no text for the {split} split")
-    with _LOCK:
-        _DOC_CACHE[(ident, split)] = docs
-        while len(_DOC_CACHE) > _DOC_CACHE_SIZE:
-            _DOC_CACHE.popitem(last=False)
-    return list(docs)
+
+    def load() -> list[str]:
+        docs = loader()
+        if not docs or not any(d.strip() for d in docs):
+            raise DataError(f"{_field(split)}: source {str(source)[:80]!r} has no text for the {split} split")
+        return docs
+
+    return list(engine.DEFAULT.documents.get_or_make((ident, split), load))
 
 
 def load_text(source: str = "wiki-sample", split: str = "calib") -> str:
@@ -392,16 +366,12 @@ def load_text(source: str = "wiki-sample", split: str = "calib") -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # tokenisation and windows
 
-_IDS_CACHE: collections.OrderedDict = collections.OrderedDict()
-_IDS_CACHE_SIZE = 64
-_TOK_IDS: dict[int, tuple] = {}  # id(tokenizer) -> (weakref, identity, len) -- recomputed if len changes
-
-
 def tokenizer_identity(tokenizer) -> str:
     """Stable hash of a tokenizer's behaviour (class + serialised fast-tokenizer JSON, or its vocabulary).
 
     Memoised per tokenizer object (~0.1 s for SmolLM2's 1.5 MB JSON); recomputed when ``len(tokenizer)`` changes."""
-    cached = _TOK_IDS.get(id(tokenizer))
+    memo = engine.DEFAULT.tokenizer_ids  # id(tokenizer) -> (weakref, identity, len)
+    cached = memo.get(id(tokenizer))
     if cached is not None and cached[0]() is tokenizer and cached[2] == len(tokenizer):
         return cached[1]
     h = hashlib.sha256(type(tokenizer).__name__.encode())
@@ -413,7 +383,7 @@ def tokenizer_identity(tokenizer) -> str:
         h.update(str(getattr(tokenizer, "name_or_path", "")).encode())
     ident = h.hexdigest()[:20]
     try:
-        _TOK_IDS[id(tokenizer)] = (weakref.ref(tokenizer), ident, len(tokenizer))
+        memo.put(id(tokenizer), (weakref.ref(tokenizer), ident, len(tokenizer)))
     except TypeError:
         pass
     return ident
@@ -427,17 +397,7 @@ def _encode(tokenizer, text: str) -> torch.Tensor:
 
 def _cached_ids(tokenizer, source: str, split: str, what: str, make) -> torch.Tensor:
     ident, _ = _resolve(source, split)
-    key = (tokenizer_identity(tokenizer), ident, split, what)
-    with _LOCK:
-        if key in _IDS_CACHE:
-            _IDS_CACHE.move_to_end(key)
-            return _IDS_CACHE[key]
-    ids = make()
-    with _LOCK:
-        _IDS_CACHE[key] = ids
-        while len(_IDS_CACHE) > _IDS_CACHE_SIZE:
-            _IDS_CACHE.popitem(last=False)
-    return ids
+    return engine.DEFAULT.token_ids.get_or_make((tokenizer_identity(tokenizer), ident, split, what), make)
 
 
 def split_ids(tokenizer, source: str = "wiki-sample", split: str = "eval") -> torch.Tensor:
@@ -516,10 +476,3 @@ def eval_windows(tokenizer, source: str = "wiki-sample", seqlen: int = 512, max_
         raise DataError(f"eval_seqlen: the eval split of {str(source)[:80]!r} has only {ids.numel()} tokens, fewer "
                         f"than one window of seqlen={seqlen}. Lower the eval seqlen or use a longer source.")
     return ids[: n * seqlen].view(n, seqlen).clone()
-
-
-def clear_caches() -> None:
-    """Forget cached documents and token ids (tests; after editing a source file in place)."""
-    with _LOCK:
-        _DOC_CACHE.clear()
-        _IDS_CACHE.clear()

