@@ -69,7 +69,8 @@ def app(tmp_path_factory):
     port = _free_port()
     demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", small=str(small), deep=str(deep), store=store, runner=runner)
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", small=str(small), deep=str(deep), store=store, runner=runner,
+                              demo=demo, tmp=tmp)
     finally:
         runner.shutdown()
         demo.close()
@@ -103,6 +104,13 @@ def test_prune_streams_then_returns_from_cache(app):
     assert again[P_REPORT]["cached"] is True
     assert not [o for o in again_outs if _state(o) == "running"]  # no phase of a job was ever shown
     assert app.runner.get(again[P_JOB]).cached
+    # issue 15.10: the Prune tab's estimate line says so for a stored configuration
+    from ui.forms import parse_config
+
+    prune = app.demo.pruning_lab.tabs["prune"]
+    assert prune.estimate_text(parse_config(cfg)).startswith("In the cache: **instant**")
+    other = prune.estimate_text(parse_config(_tiny_cfg(app.small, sparsity=0.3)))
+    assert other.startswith("Estimated time") and "dense results are cached" not in other
 
 
 def test_cancel_stops_running_job_and_next_job_works(app):
@@ -121,7 +129,7 @@ def test_cancel_stops_running_job_and_next_job_works(app):
                 assert time.time() - t < 30, "the second job never showed its queue position"
                 time.sleep(0.2)
             msg = owner.predict("", api_name="/cancel")
-            assert "Cancel requested" in msg
+            assert "Cancel requested for your job" in msg and "job-" not in msg  # issue 15.9: no internal job id
             cancelled_at = time.time()
     final = job.outputs()[-1]
     assert cancelled_at is not None, "the job finished before a layer was reported"
@@ -199,6 +207,30 @@ def test_sweep_runs_table_and_estimate(app):
         client.predict(app.small, ["wanda"], ["unstructured"], "abc", 2, 64, 2, 64, ["none"], api_name="/sweep")
     with pytest.raises(Exception, match="nope.*not in the list of choices"):  # Gradio checks the choices itself
         client.predict(app.small, ["wanda"], ["unstructured"], "0.5", 2, 64, 2, 64, ["nope"], api_name="/sweep")
+
+
+def test_first_use_of_a_model_is_said(app):
+    """Issue 15.7: a model this server has not loaded yet: the bar says so while it loads (not 'checking the cache')."""
+    fresh = app.tmp / "tiny-fresh"
+    save_pretrained(*tiny_model("llama", seed=3), fresh)
+    client = Client(app.url, verbose=False)
+    outs = list(client.submit(_tiny_cfg(str(fresh), solver="magnitude"), api_name="/prune"))
+    assert any("first use of this model in this server" in str(o[P_PROGRESS]) for o in outs[:3]), [o[P_PROGRESS] for o in outs[:3]]
+    assert _state(outs[-1]) == "done"
+    again = list(client.submit(_tiny_cfg(str(fresh), solver="magnitude", sparsity=0.3), api_name="/prune"))
+    assert "first use" not in again[0][P_PROGRESS]  # loaded now
+
+
+def test_job_failure_is_typed_and_clean(app):
+    """A failure inside the job (not caught by the form's checks): the message without the exception's class name."""
+    client = Client(app.url, verbose=False)
+    with pytest.raises(Exception) as err:
+        client.predict(_tiny_cfg(app.small, calib={"source": "no-such-source", "nsamples": 2, "seqlen": 64}), api_name="/prune")
+    import html
+
+    text = html.unescape(str(err.value))  # escaped for the page's toast, which renders HTML
+    assert "Text (calib.source): unknown source 'no-such-source'" in text and "DataError" not in text
+    assert "text:<pasted text>, or a path" in text
 
 
 # ------------------------------------------------------------------------------------------ no server needed
@@ -291,3 +323,42 @@ def test_plots_from_plain_records():
     assert lo < 0.5 and hi > 0.7 and hi - lo < 0.4
     assert len(plots.overlay_figure(runs[0], runs[2]).data) == 2
     assert plots.tradeoff_figure([]).layout.annotations  # an explicit "no runs" message, not a blank axis
+
+
+def test_compare_figures_mark_yours_and_show_cost():
+    """Issue 15.12: yours filled with an outline and '(yours)' on hover, dense first in the legend, a cost view."""
+    from ui import plots
+
+    run = lambda solver, s, ppl, t, pre=False: {"config": {"solver": solver, "pattern": "unstructured", "update": "none"},  # noqa: E731
+                                               "sparsity": s, "perplexity": {"dense": 10.0, "pruned": ppl},
+                                               "timings": {"prune_total": t}, "precomputed": pre}
+    runs = [run("wanda", 0.5, 20, 3.0), run("wanda", 0.5, 20, 4.0, True), run("sparsegpt", 0.5, 15, 30.0, True)]
+    t = plots.tradeoff_figure(runs)
+    assert t.data[0].legendgroup == "dense"  # heads the legend, never scrolled away
+    mine = next(tr for tr in t.data if tr.legendgroup == "runs")
+    assert mine.marker.symbol == "circle" and mine.marker.line.color and "(yours)" in mine.hovertemplate
+    cost = plots.cost_figure(runs)
+    pts = {(tr.legendgroup, tr.name): (list(tr.x), list(tr.y)) for tr in cost.data if tr.legendgroup != "dense"}
+    assert pts[("runs", "wanda · unstructured")] == ([3.0], [20]) and pts[("precomputed", "sparsegpt · unstructured")] == ([30.0], [15])
+    assert cost.layout.xaxis.type == "log" and "time spent pruning" in cost.layout.xaxis.title.text
+    assert plots.cost_figure([run("wanda", 0.5, 20, None)]).layout.annotations  # no timings: a message
+    assert plots.stable_color("newsolver") == plots.stable_color("newsolver") and plots.solver_color("wanda+admm") == plots.SOLVER_COLORS["wanda"]
+
+
+def test_log_axes_have_full_tick_labels():
+    """Issue 15.13: no bare '2' / '5' minor labels on log axes; plain titles."""
+    from ui import plots
+
+    short = plots.log_ticks([0.004, 0.07])
+    assert short["ticktext"] == ["0.005", "0.01", "0.02", "0.05", "0.1"]
+    long_ = plots.log_ticks([1, 1e6])
+    assert len(long_["tickvals"]) <= 8 and all(t.startswith("1") for t in long_["ticktext"])
+    assert plots.log_ticks([]) == {} and plots.log_ticks([0, float("nan")]) == {}
+
+
+def test_timings_say_when_the_model_was_already_loaded():
+    from ui import render
+
+    html_ = render.timings_html({"load": 0.0, "end_to_end": 3.0})
+    assert "already in memory" in html_
+    assert "already in memory" not in render.timings_html({"load": 4.2, "end_to_end": 9.0})

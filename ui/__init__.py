@@ -66,7 +66,7 @@ def build_app(runner=None, store=None, precomputed_dir: str | os.PathLike | None
                 app.tabs[tab.id], app.tab_items[tab.id] = tab, item
         for tab in app.tabs.values():
             tab.wire(app)
-    demo.runner, demo.store, demo.app = runner, store, app  # reachable for tests and shutdown
+    demo.runner, demo.store, demo.pruning_lab = runner, store, app  # reachable for tests and shutdown
     return demo
 
 

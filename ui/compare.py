@@ -114,7 +114,7 @@ class CompareTab(Tab):
         triggers = [self.model.input, self.precomputed.input] + ([tab.select] if tab is not None else [])
         gr.on(triggers, self.compare, inputs, out, api_visibility="private", show_progress="hidden")
         gr.on([self.run_a.change, self.run_b.change], self.overlay, [self.run_a, self.run_b], self.overlay_plot,
-              api_name="overlay", show_progress="hidden")
+              api_name="overlay", show_progress="hidden", trigger_mode="always_last")
         sweep = self.sw_btn.click(self.sweep, [self.sw_model, self.sw_solvers, self.sw_patterns, self.sw_sparsities, self.sw_nsamples,
                                                self.sw_seqlen, self.sw_eval_windows, self.sw_eval_seqlen, self.sw_updates],
                                   [self.sw_status, self.tradeoff_plot, self.runs_table], api_name="sweep", concurrency_limit=4,

@@ -53,7 +53,7 @@ def mask_solvers() -> list[str]:
 PRUNE_LABELS = {
     "model": "Model", "solver": "Solver", "pattern": "Pattern", "sparsity": "Sparsity",
     "update": "Weight update after the mask", "nsamples": "Calibration windows", "seqlen": "Tokens per window",
-    "calib": "Text", "eval": "Text", "eval_windows": "Eval windows (0 = all)", "eval_seqlen": "Eval tokens per window",
+    "calib": "Text", "eval": "Text", "calib.source": "Text", "eval.source": "Text", "eval_windows": "Eval windows (0 = all)", "eval_seqlen": "Eval tokens per window",
     "device": "Device", "dtype": "Forward dtype", "max_new_tokens": "New tokens", "seed": "Seed",
 }
 
@@ -226,7 +226,7 @@ def sweep_configs(base: PruneConfig, solvers, sparsities, patterns, updates=("no
 
 
 SWEEP_LABELS = {"nsamples": "Calib windows", "seqlen": "Calib tokens", "eval_windows": "Eval windows",
-                "eval_seqlen": "Eval tokens", "model": "Model", "calib": "Text", "eval": "Text"}
+                "eval_seqlen": "Eval tokens", "model": "Model"}
 
 
 def sweep_from_form(model: str, solvers, patterns, sparsities, nsamples, seqlen, eval_windows, eval_seqlen,

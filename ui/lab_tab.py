@@ -70,7 +70,7 @@ class LabTab(Tab):
             with gr.Column(scale=3, min_width=300):
                 self.model = gr.Dropdown(choices=[DEFAULT_MODEL], value=st.get("model", DEFAULT_MODEL), allow_custom_value=True,
                                          label="Model")
-                self.block = gr.Slider(0, max(1, (n_blocks or 2) - 1), value=st.get("block", 0), step=1, label="Block")
+                self.block = gr.Slider(0, max(1, (n_blocks or 2) - 1), value=st.get("block", 0), step=1, label="Block", elem_id="lab-block")
                 self.proj = gr.Dropdown(choices=[(f"{n}  ({s[0]}×{s[1]})", n) for n, s in linears.items()] or [projection],
                                         value=projection, allow_custom_value=True, label="Projection")
                 with gr.Row():
@@ -104,8 +104,8 @@ class LabTab(Tab):
                         h, w = (shape.shape if shape is not None else (TILE, TILE))
                         r0, c0 = (a.get("mask") or {}).get("default_corner", (0, 0))
                         with gr.Row():
-                            self.row = gr.Slider(0, max(1, h - 8), value=r0, step=1, label="First row", min_width=200)
-                            self.col = gr.Slider(0, max(1, w - 8), value=c0, step=1, label="First column", min_width=200)
+                            self.row = gr.Slider(0, max(1, h - 8), value=r0, step=1, label="First row", min_width=200, elem_id="lab-row")
+                            self.col = gr.Slider(0, max(1, w - 8), value=c0, step=1, label="First column", min_width=200, elem_id="lab-col")
                         self.size = gr.Radio(list(WINDOWS), value=TILE, label="Window (rows × columns)", elem_classes="pl-nowrap",
                                              elem_id="lab-window")
                     with gr.Column(scale=2):

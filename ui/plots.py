@@ -347,7 +347,7 @@ def residuals_figure(lab: dict, height: int = 320) -> go.Figure:
         return empty_figure("This ADMM build does not report residuals", height)
     fig.update_xaxes(title="iteration")
     ys = [v for t in fig.data for v in (t.y or ()) if v is not None]
-    fig.update_yaxes(title="residual, relative to the dense weights (log scale)", type="log", **log_ticks(ys))
+    fig.update_yaxes(title="relative residual (log scale)", type="log", **log_ticks(ys))
     return _layout(fig, "Primal (solid) and dual (dotted) residuals", height)
 
 
@@ -408,7 +408,7 @@ def histogram_figure(hist: dict | None, height: int = 340) -> go.Figure:
                                  fill="tozeroy" if label == "dense" else None,
                                  fillcolor="rgba(173,181,189,0.25)" if label == "dense" else None))
     fig.update_xaxes(title="weight value")
-    fig.update_yaxes(title="number of weights (log scale)", type="log",
+    fig.update_yaxes(title="weights (log scale)", type="log",
                      **log_ticks([max(c, 0.5) for cs in hist["counts"].values() for c in cs if c > 0]))
     return _layout(fig, "Weights before / after (non-zero survivors)", height)
 

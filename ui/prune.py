@@ -191,6 +191,8 @@ class PruneTab(Tab):
         job = run.success(self.prune, self.config_json, self.prune_outputs(), api_name="prune", concurrency_limit=8,
                           concurrency_id="prune", show_progress="hidden")
         app.after_runs(job)
+        # after a run the same form is in the cache: say so ("instant"), not the old estimate
+        job.then(self.preview, form, [self.config_json, self.estimate], api_visibility="private", show_progress="hidden")
         self.cancel_btn.click(self.cancel, self.job_id, self.cancel_msg, api_name="cancel", queue=False, show_progress="hidden")
         gr.api(self.estimate_seconds_api, api_name="estimate")
         app.demo.load(self.preview, form, [self.config_json, self.estimate], api_visibility="private", show_progress="hidden")
@@ -309,6 +311,11 @@ class PruneTab(Tab):
         yield (*first, gr.skip())
         runner = self.app.runner
         job = runner.submit(cfg, owner=owner)  # a cache hit completes here, without queueing
+        if note:  # submit loaded the model (for its fingerprint): remember its shapes for the next form checks
+            try:
+                engine.model_info(cfg.model)
+            except (ValueError, OSError):
+                pass  # the job reports it
         view.position = runner.position(job)
         view.note(f"{cfg.label()} on {cfg.model} ({job.device})")
         shown = view.progress()
@@ -317,6 +324,8 @@ class PruneTab(Tab):
         finished = False
         try:
             for e in runner.stream(job, heartbeat=1.0):
+                if isinstance(e, ev.JobFailed):  # the engine names API fields: say them as the page does
+                    e = ev.JobFailed(relabel(e.message, PRUNE_LABELS), getattr(e, "kind", "internal"))
                 if e is not None:
                     view.apply(e)
                 elif view.state == "queued":
@@ -343,7 +352,7 @@ class PruneTab(Tab):
                 runner.cancel(job.id, "the browser tab closed")
         if view.state == "failed":
             title = "Invalid setting" if view.kind == "input" else "The job failed"
-            raise gr.Error(error_text(view.message), title=title)
+            raise gr.Error(error_text(relabel(view.message, PRUNE_LABELS)), title=title)
 
     def cancel(self, job_id: str = "", request: gr.Request | None = None) -> str:
         """Cancel this session's job ``job_id``; '' = every active job of this session, 'sweep' = its sweep."""
