@@ -11,8 +11,9 @@ small in-process LRU, so switching projection or sparsity is instant), then ``pr
 
 Statistics are captured on a private copy of the model (hooks on the shared one would also see the forwards of
 a job evaluating it at the same time). A solver missing from the registry is reported as
-``{"available": False, "reason": ...}``, never an error. The result holds numbers, strings, lists and two numpy arrays (the mask-agreement code matrix and the dense
-weight) for the heat-map; :func:`mask_crop` cuts a window out of them for display. No torch in the result.
+``{"available": False, "reason": ...}``, never an error. The result holds numbers, strings, lists and numpy
+arrays (each solution's boolean ``mask`` and ``weight``, and the ``dense_weight``); no torch. How they are shown
+(mask agreement, histograms) is the UI's business (``ui.lab_view``).
 """
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ import copy
 import threading
 import time
 from typing import Callable
-
-import numpy as np
 
 from .solve import prune_layer, validate_sparsity
 from .patterns import parse_pattern
@@ -34,10 +33,6 @@ ITERATIVE = {
     "ADMM (fixed Wanda mask)": ("admm", {"mask_from": "wanda"}),
     "ADMM-Grad (gradual mask)": ("admm", {"mask_from": "gradual"}),
 }
-# mask-agreement codes of the heat-map (A = the iterative solver, B = SparseGPT)
-PRUNED_BOTH, KEPT_BOTH, KEPT_A_ONLY, KEPT_B_ONLY = 0, 1, 2, 3
-CODE_LABELS = ("pruned by both", "kept by both", "kept only by {a}", "kept only by {b}")
-
 _CAPTURE_LOCK = threading.Lock()
 _PROBLEMS: "collections.OrderedDict[tuple, dict]" = collections.OrderedDict()
 _MAX_CAPTURED_BLOCKS = 4
@@ -101,27 +96,6 @@ def _run(problem, solver: str, sparsity: float, pattern: str, options: dict) -> 
             "_sol": sol}
 
 
-def _histograms(series: dict[str, np.ndarray], bins: int = 80) -> dict:
-    """Shared-bin histograms of weight values; range = the dense weights' 0.1–99.9 % quantiles."""
-    dense = series["dense"]
-    lo, hi = np.quantile(dense, [0.001, 0.999])
-    edges = np.linspace(float(lo), float(hi), bins + 1)
-    return {"edges": edges.tolist(),
-            "counts": {k: np.histogram(np.clip(v, lo, hi), bins=edges)[0].astype(int).tolist() for k, v in series.items()}}
-
-
-def _densest_tile(diff: np.ndarray, size: int) -> tuple[int, int]:
-    """Top-left corner of the size×size tile (on a size/2 grid) with the most disagreements."""
-    h, w = diff.shape
-    best, corner, step = -1, (0, 0), max(1, size // 2)
-    for r in range(0, max(1, h - size + 1), step):
-        for c in range(0, max(1, w - size + 1), step):
-            n = int(diff[r:r + size, c:c + size].sum())
-            if n > best:
-                best, corner = n, (r, c)
-    return corner
-
-
 def run_lab(model_id: str, block: int, name: str, sparsity: float = 0.5, pattern: str = "unstructured",
             nsamples: int = 8, seqlen: int = 256, seed: int = 0, admm_iters: int | None = None,
             sparsefw_iters: int | None = None, device: str = "auto", dtype: str = "auto",
@@ -129,9 +103,8 @@ def run_lab(model_id: str, block: int, name: str, sparsity: float = 0.5, pattern
     """All lab solvers on one layer. Raises ValueError (SolverError/PatternError) for a bad input.
 
     Returns {"layer": {...}, "greedy": {solver: rec}, "iterative": {label: rec}, "sparsefw": rec,
-    "mask": {"codes": uint8 (d_out, d_in), "weight": float32 (d_out, d_in), "a", "b", "labels", "disagree",
-    "default_corner"}, "hist": {"edges", "counts"}} where rec = {"available", "rel_error", "seconds", "trace", ...}
-    or {"available": False, "reason"}.
+    "dense_weight": float32 (d_out, d_in)} where rec = {"available", "rel_error", "seconds", "sparsity", "trace",
+    "mask": bool (d_out, d_in), "weight": float32 (d_out, d_in), ...} or {"available": False, "reason"}.
     """
     pat = parse_pattern(pattern)
     if not pat.is_nm:
@@ -179,39 +152,12 @@ def solve_layer(p, sparsity: float = 0.5, pattern: str = "unstructured", admm_it
     else:
         out["sparsefw"] = {"available": False, "reason": "SparseFW is not available in this build"}
 
-    # mask agreement: the best available iterative solver vs SparseGPT (or vs Wanda without ADMM)
-    a_label = next((k for k in reversed(ITERATIVE) if out["iterative"].get(k, {}).get("available")), None)
-    a_rec = out["iterative"][a_label] if a_label else out["greedy"]["wanda"]
-    a_label = a_label or "Wanda"
-    b_rec, b_label = out["greedy"]["sparsegpt"], "SparseGPT"
-    ka = a_rec["_sol"].mask.cpu().numpy()
-    kb = b_rec["_sol"].mask.cpu().numpy()
-    codes = np.where(ka & kb, KEPT_BOTH, np.where(ka, KEPT_A_ONLY, np.where(kb, KEPT_B_ONLY, PRUNED_BOTH))).astype(np.uint8)
-    diff = ka != kb
-    W = p.W.float().cpu().numpy()
-    out["mask"] = {"codes": codes, "weight": W, "a": a_label, "b": b_label,
-                   "labels": [t.format(a=a_label, b=b_label) for t in CODE_LABELS],
-                   "disagree": float(diff.mean()), "n_disagree": int(diff.sum()),
-                   "default_corner": list(_densest_tile(diff, 48))}
-    hist = {"dense": W.ravel()}
-    for lbl, rec in (("Wanda (mask only)", out["greedy"].get("wanda")), ("SparseGPT", b_rec), (a_label, a_rec)):
-        if rec and rec.get("available"):
-            w = rec["_sol"].weight.float().cpu().numpy().ravel()
-            hist[lbl] = w[w != 0]
-    out["hist"] = _histograms(hist)
-    for group in (out["greedy"], out["iterative"]):
+    # every available solution keeps its mask and weights (numpy) for the UI's heat-map and histograms
+    for group in (out["greedy"], out["iterative"], {"sparsefw": out["sparsefw"]}):
         for rec in group.values():
-            rec.pop("_sol", None)
-    out["sparsefw"].pop("_sol", None)
+            sol = rec.pop("_sol", None)
+            if sol is not None:
+                rec["mask"] = sol.mask.cpu().numpy().astype(bool)
+                rec["weight"] = sol.weight.float().cpu().numpy()
+    out["dense_weight"] = p.W.float().cpu().numpy()
     return out
-
-
-def mask_crop(mask: dict, row: int, col: int, size: int) -> dict:
-    """A size×size window of the agreement codes and dense weights, clamped to the matrix."""
-    codes, W = mask["codes"], mask["weight"]
-    h, w = codes.shape
-    size = max(4, min(int(size), h, w))
-    r = min(max(0, int(row)), h - size)
-    c = min(max(0, int(col)), w - size)
-    return {"codes": codes[r:r + size, c:c + size].tolist(), "weight": W[r:r + size, c:c + size].tolist(),
-            "row": r, "col": c, "size": size, "labels": mask["labels"], "shape": [h, w]}

@@ -20,7 +20,6 @@ from gradio_client import Client
 from pruning import SOLVERS
 from pruning.results import ResultStore
 from pruning.config import PruneConfig
-from pruning.jobs import JobRunner
 from pruning.models import save_pretrained, tiny_model
 from pruning.solvers import Option, SolverOutput
 
@@ -65,12 +64,13 @@ def app(tmp_path_factory):
         "layers": [{"block": 0, "name": "mlp.down_proj", "rel_error": 0.1, "sparsity": 0.5, "seconds": 0.1}],
         "timings": {"prune_total": 1.0}}]))
     store = ResultStore(tmp / "cache")
-    runner = JobRunner(store=store)
-    demo = build_app(runner=runner, store=store, precomputed_dir=pre)
+    demo = build_app(store=store, precomputed_dir=pre)  # the app's own JobRunner over run_job, as app.py runs it
+    runner = demo.runner
     port = _free_port()
     demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", small=str(small), deep=str(deep), store=store, runner=runner)
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/", small=str(small), deep=str(deep), store=store, runner=runner,
+                              demo=demo, tmp=tmp)
     finally:
         runner.shutdown()
         demo.close()
@@ -79,7 +79,6 @@ def app(tmp_path_factory):
 def test_prune_streams_then_returns_from_cache(app):
     client = Client(app.url, verbose=False)
     cfg = _tiny_cfg(app.small)
-    t0 = time.time()
     outs = list(client.submit(cfg, api_name="/prune"))
     assert len(outs) >= 4, "expected several streamed updates"
     final = outs[-1]
@@ -97,14 +96,21 @@ def test_prune_streams_then_returns_from_cache(app):
     assert final[P_TABLE]["data"] and len(final[P_TABLE]["data"]) == 14
     assert "Dense" in final[P_GENS] and "Pruned" in final[P_GENS]
     assert final[P_JOB].startswith("job-")
-    first_run = time.time() - t0
-    # the same config again: from the store, at once (stored before it was shown)
+    # the same config again: from the store, at once (stored before it was shown), without queueing or running
     assert app.store.get(report["key"], report["model"]["fingerprint"]) is not None
-    t1 = time.time()
-    again = client.predict(cfg, api_name="/prune")
+    again_outs = list(client.submit(cfg, api_name="/prune"))
+    again = again_outs[-1]
     assert _state(again) == "done" and "from the cache" in again[P_PROGRESS]
     assert again[P_REPORT]["cached"] is True
-    assert time.time() - t1 < max(5.0, first_run / 2)
+    assert not [o for o in again_outs if _state(o) == "running"]  # no phase of a job was ever shown
+    assert app.runner.get(again[P_JOB]).cached
+    # issue 15.10: the Prune tab's estimate line says so for a stored configuration
+    from ui.forms import parse_config
+
+    prune = app.demo.pruning_lab.tabs["prune"]
+    assert prune.estimate_text(parse_config(cfg)).startswith("In the cache: **instant**")
+    other = prune.estimate_text(parse_config(_tiny_cfg(app.small, sparsity=0.3)))
+    assert other.startswith("Estimated time") and "dense results are cached" not in other
 
 
 def test_cancel_stops_running_job_and_next_job_works(app):
@@ -123,7 +129,7 @@ def test_cancel_stops_running_job_and_next_job_works(app):
                 assert time.time() - t < 30, "the second job never showed its queue position"
                 time.sleep(0.2)
             msg = owner.predict("", api_name="/cancel")
-            assert "Cancel requested" in msg
+            assert "Cancel requested for your job" in msg and "job-" not in msg  # issue 15.9: no internal job id
             cancelled_at = time.time()
     final = job.outputs()[-1]
     assert cancelled_at is not None, "the job finished before a layer was reported"
@@ -167,8 +173,11 @@ def test_lab_api(app):
     names = [t["name"].split(":")[0] for t in err_fig["data"]]
     assert names == ["ADMM (fixed Wanda mask)", "ADMM-Grad (gradual mask)", "magnitude", "wanda", "sparsegpt"]
     assert all(len(set(t["y"])) == 1 for t in err_fig["data"][2:])  # greedy errors: horizontal lines
-    with pytest.raises(Exception, match=r"1\.2 is greater than maximum value 0\.95"):  # the slider's own bound check
+    # a number box, checked by our code (never clamped, never Gradio's anonymous bound message)
+    with pytest.raises(Exception, match=r"sparsity: 1\.2 is outside the allowed range \[0, 1\)"):
         client.predict(app.small, 1, "mlp.down_proj", 1.2, "unstructured", 2, 64, 5, 5, api_name="/lab")
+    with pytest.raises(Exception, match=r"Calib windows \(nsamples\): 0 is out of range"):
+        client.predict(app.small, 1, "mlp.down_proj", 0.5, "unstructured", 0, 64, 5, 5, api_name="/lab")
     with pytest.raises(Exception, match=r"pattern: 2:5 needs the input width to be a multiple of M=5"):
         client.predict(app.small, 1, "mlp.down_proj", 0.5, "2:5", 2, 64, 5, 5, api_name="/lab")
     with pytest.raises(Exception, match="projection"):
@@ -194,21 +203,71 @@ def test_sweep_runs_table_and_estimate(app):
     groups = {t.get("legendgroup") for t in json.loads(fig["plot"])["data"]}
     assert {"precomputed", "runs"} <= groups and any(n.startswith("wanda · 2:4") for n in names)
     assert client.predict(_tiny_cfg(app.small), api_name="/estimate") > 0
-    with pytest.raises(Exception, match="sparsities"):
+    with pytest.raises(Exception, match=r"Sparsities \(sparsities\): 'abc' is not a number"):
         client.predict(app.small, ["wanda"], ["unstructured"], "abc", 2, 64, 2, 64, ["none"], api_name="/sweep")
     with pytest.raises(Exception, match="nope.*not in the list of choices"):  # Gradio checks the choices itself
         client.predict(app.small, ["wanda"], ["unstructured"], "0.5", 2, 64, 2, 64, ["nope"], api_name="/sweep")
 
 
+def test_first_use_of_a_model_is_said(app):
+    """Issue 15.7: a model this server has not loaded yet: the bar says so while it loads (not 'checking the cache')."""
+    fresh = app.tmp / "tiny-fresh"
+    save_pretrained(*tiny_model("llama", seed=3), fresh)
+    client = Client(app.url, verbose=False)
+    outs = list(client.submit(_tiny_cfg(str(fresh), solver="magnitude"), api_name="/prune"))
+    assert any("first use of this model in this server" in str(o[P_PROGRESS]) for o in outs[:3]), [o[P_PROGRESS] for o in outs[:3]]
+    assert _state(outs[-1]) == "done"
+    again = list(client.submit(_tiny_cfg(str(fresh), solver="magnitude", sparsity=0.3), api_name="/prune"))
+    assert "first use" not in again[0][P_PROGRESS]  # loaded now
+
+
+def test_job_failure_is_typed_and_clean(app):
+    """A failure inside the job (not caught by the form's checks): the message without the exception's class name."""
+    client = Client(app.url, verbose=False)
+    with pytest.raises(Exception) as err:
+        client.predict(_tiny_cfg(app.small, calib={"source": "no-such-source", "nsamples": 2, "seqlen": 64}), api_name="/prune")
+    import html
+
+    text = html.unescape(str(err.value))  # escaped for the page's toast, which renders HTML
+    assert "Text (calib.source): unknown source 'no-such-source'" in text and "DataError" not in text
+    assert "text:<pasted text>, or a path" in text
+
+
 # ------------------------------------------------------------------------------------------ no server needed
 def test_ui_never_imports_torch_or_transformers():
+    """No ui module imports torch or transformers itself (the engine's registry, which ``import ui`` loads, does
+    import torch: see the next test for what is enforced at run time)."""
     for path in [*sorted((ROOT / "ui").glob("*.py")), ROOT / "app.py"]:
         text = path.read_text()
         assert not re.search(r"^\s*(import|from)\s+(torch|transformers)\b", text, re.M), path
 
 
+def test_import_ui_loads_no_transformers_and_no_model():
+    """``import ui`` (what a Space does first) must not import transformers, nor load or convert any model."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ui\n"
+            "bad = sorted(m for m in sys.modules if m == 'transformers' or m.startswith('transformers.'))\n"
+            "assert not bad, bad[:5]\n"
+            "assert 'pruning.api' not in sys.modules and 'pruning.pipeline' not in sys.modules\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_controls_come_from_the_registry():
-    from ui.layout import build_layout
+    import gradio as gr
+
+    from ui.base import App
+    from ui.prune import PruneTab
+
+    def build_layout():
+        with gr.Blocks() as demo:
+            tab = PruneTab()
+            tab.build(App(demo=demo, runner=None, store=None, precomputed_dir=None))
+        tab.option_refs = tab.refs
+        return tab
 
     def toy(problem, pattern, sparsity, opts, ctx):  # pragma: no cover - never run
         return SolverOutput(problem.W, problem.W != 0)
@@ -221,7 +280,7 @@ def test_controls_come_from_the_registry():
         refs = [(r.owner, r.option.name) for r in c.option_refs]
         assert ("toy", "knob") in refs and ("toy", "mode") in refs
         assert "toy" in c.solver_groups and len(c.option_inputs) == len(c.option_refs)
-        from ui.handlers import config_from_form, FORM_FIELDS
+        from ui.forms import config_from_form, FORM_FIELDS
 
         form = dict(zip(FORM_FIELDS, ["smollm2-135m", "toy", "unstructured", 0.5, "none", 2, 64, "wiki-sample", 2, 64,
                                       "cpu", "auto", "hi", 4]))
@@ -266,29 +325,40 @@ def test_plots_from_plain_records():
     assert plots.tradeoff_figure([]).layout.annotations  # an explicit "no runs" message, not a blank axis
 
 
-def test_lab_degrades_when_a_solver_is_missing():
-    import torch
-
-    from pruning.lab import mask_crop, solve_layer
-    from pruning.solvers import LayerProblem
+def test_compare_figures_mark_yours_and_show_cost():
+    """Issue 15.12: yours filled with an outline and '(yours)' on hover, dense first in the legend, a cost view."""
     from ui import plots
-    from ui.handlers import explanation_md, lab_summary
 
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(32, 400, generator=g)  # (d_in, tokens)
-    problem = LayerProblem(W=torch.randn(24, 32, generator=g), G=X @ X.T, n_tokens=400)
-    removed = {n: SOLVERS._specs.pop(n) for n in ("admm", "sparsefw") if n in SOLVERS}
-    try:
-        res = solve_layer(problem, 0.5, "2:4")
-    finally:
-        SOLVERS._specs.update(removed)
-    assert all(not v["available"] and "not available" in v["reason"] for v in res["iterative"].values())
-    assert res["sparsefw"]["available"] is False
-    assert res["mask"]["a"] == "Wanda" and res["layer"]["sparsity"] == 0.5  # 2:4 fixes the sparsity
-    assert all(0 < g["rel_error"] < 1 for g in res["greedy"].values())
-    assert "not available" in plots.sparsefw_figure(res["sparsefw"]).layout.annotations[0].text
-    assert plots.residuals_figure(res).layout.annotations  # a message, not an empty axis
-    assert "ADMM is not available" in explanation_md(res)
-    assert lab_summary(res)["iterative"]["ADMM-Grad (gradual mask)"]["available"] is False
-    crop = mask_crop(res["mask"], 100, 100, 16)  # clamped to the 24×32 matrix
-    assert (crop["row"], crop["col"], crop["size"]) == (8, 16, 16) and len(crop["codes"]) == 16
+    run = lambda solver, s, ppl, t, pre=False: {"config": {"solver": solver, "pattern": "unstructured", "update": "none"},  # noqa: E731
+                                               "sparsity": s, "perplexity": {"dense": 10.0, "pruned": ppl},
+                                               "timings": {"prune_total": t}, "precomputed": pre}
+    runs = [run("wanda", 0.5, 20, 3.0), run("wanda", 0.5, 20, 4.0, True), run("sparsegpt", 0.5, 15, 30.0, True)]
+    t = plots.tradeoff_figure(runs)
+    assert t.data[0].legendgroup == "dense"  # heads the legend, never scrolled away
+    mine = next(tr for tr in t.data if tr.legendgroup == "runs")
+    assert mine.marker.symbol == "circle" and mine.marker.line.color and "(yours)" in mine.hovertemplate
+    cost = plots.cost_figure(runs)
+    pts = {(tr.legendgroup, tr.name): (list(tr.x), list(tr.y)) for tr in cost.data if tr.legendgroup != "dense"}
+    assert pts[("runs", "wanda · unstructured")] == ([3.0], [20]) and pts[("precomputed", "sparsegpt · unstructured")] == ([30.0], [15])
+    assert cost.layout.xaxis.type == "log" and "time spent pruning" in cost.layout.xaxis.title.text
+    assert plots.cost_figure([run("wanda", 0.5, 20, None)]).layout.annotations  # no timings: a message
+    assert plots.stable_color("newsolver") == plots.stable_color("newsolver") and plots.solver_color("wanda+admm") == plots.SOLVER_COLORS["wanda"]
+
+
+def test_log_axes_have_full_tick_labels():
+    """Issue 15.13: no bare '2' / '5' minor labels on log axes; plain titles."""
+    from ui import plots
+
+    short = plots.log_ticks([0.004, 0.07])
+    assert short["ticktext"] == ["0.005", "0.01", "0.02", "0.05", "0.1"]
+    long_ = plots.log_ticks([1, 1e6])
+    assert len(long_["tickvals"]) <= 8 and all(t.startswith("1") for t in long_["ticktext"])
+    assert plots.log_ticks([]) == {} and plots.log_ticks([0, float("nan")]) == {}
+
+
+def test_timings_say_when_the_model_was_already_loaded():
+    from ui import render
+
+    html_ = render.timings_html({"load": 0.0, "end_to_end": 3.0})
+    assert "already in memory" in html_
+    assert "already in memory" not in render.timings_html({"load": 4.2, "end_to_end": 9.0})

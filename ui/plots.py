@@ -1,16 +1,22 @@
-"""Plotly figures built from plain records (report dicts, lab results). No state, no engine imports.
+"""Plotly figures built from plain records (report dicts, lab results). No state; from the engine only the pure
+``method_label``.
 
 Every function takes lists/dicts of numbers and strings and returns a ``go.Figure``; the figures are rebuilt
-from the cached data whenever needed (STYLE.md §2.11, §2.13).
+from the cached data whenever needed. Log axes get explicit 1-2-5 ticks with full labels (never bare minor digits).
 """
 from __future__ import annotations
 
 import functools
 import math
+import zlib
 from typing import Iterable
 
 import plotly.graph_objects as go
 import plotly.io as pio
+
+from pruning.config import method_label
+
+from .render import finite
 
 TEMPLATE = "plotly_white"
 FONT = dict(family="Inter, ui-sans-serif, system-ui, -apple-system, Segoe UI, sans-serif", size=12)
@@ -25,7 +31,8 @@ PALETTE = ("#4C78A8", "#F58518", "#E45756", "#72B7B2", "#54A24B", "#EECA3B", "#B
 SOLVER_COLORS = {"magnitude": "#9D755D", "wanda": "#F58518", "ria": "#FF9DA6", "sparsegpt": "#4C78A8",
                  "admm": "#E45756", "sparsefw": "#54A24B", "sparsellm": "#B279A2"}
 PRECOMPUTED_GROUP = "precomputed (SmolLM2 sweep, hollow)"
-RUNS_GROUP = "runs on this server"
+RUNS_GROUP = "yours (filled, outlined)"
+YOURS_OUTLINE = "#212529"
 PATTERN_DASH = {"unstructured": "solid", "per-row": "dot", "2:4": "dash", "4:8": "dashdot"}
 MASK_COLORS = ("#f1f3f5", "#bac8ff", "#e8590c", "#12b886")  # pruned both, kept both, kept A only, kept B only
 KEPT_A, KEPT_B = 2, 3
@@ -44,6 +51,40 @@ def _layout(fig: go.Figure, title: str | None = None, height: int = 380, **kw) -
     base.update({k: v for k, v in kw.items() if v is not None})
     fig.update_layout(**base)
     return fig
+
+
+def stable_color(name: str) -> str:
+    """A palette colour for a name, the same in every process (``hash()`` of a str changes per process)."""
+    return PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
+
+
+def solver_color(method: str) -> str:
+    base = method.split("+")[0]
+    return SOLVER_COLORS.get(base) or stable_color(base)
+
+
+def _fmt_tick(v: float) -> str:
+    if v >= 1000 or v < 1e-3:
+        return f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
+    return f"{v:g}"
+
+
+def log_ticks(values: Iterable[float], max_ticks: int = 8) -> dict:
+    """tickvals/ticktext for a log axis over ``values``: 1-2-5 steps with full labels over a short range, powers of
+    ten over a long one (plotly's own minor labels are bare digits such as '2' and '5')."""
+    vs = [v for v in (finite(x) for x in values) if v is not None and v > 0]
+    if not vs:
+        return {}
+    lo, hi = math.floor(math.log10(min(vs))), math.ceil(math.log10(max(vs)))
+    for steps in ((1, 2, 5), (1, 3), (1,)):
+        ticks = [m * 10 ** e for e in range(lo, hi + 1) for m in steps]
+        ticks = [t for t in ticks if min(vs) / 1.5 <= t <= max(vs) * 1.5]
+        if len(ticks) <= max_ticks:
+            break
+    if len(ticks) > max_ticks:  # very long ranges: every k-th power of ten
+        k = math.ceil(len(ticks) / max_ticks)
+        ticks = ticks[::k]
+    return {"tickvals": ticks, "ticktext": [_fmt_tick(t) for t in ticks]}
 
 
 @functools.lru_cache(maxsize=None)
@@ -124,27 +165,42 @@ def layer_error_figure(layers: list[dict], n_blocks: int | None = None, title: s
 
 def run_label(run: dict) -> str:
     c = run.get("config", {})
-    upd = f"+{c['update']}" if c.get("update", "none") != "none" else ""
-    return f"{c.get('solver', '?')}{upd} {c.get('pattern', '')} {float(run.get('sparsity', c.get('sparsity', 0))):.0%}"
+    return f"{method_label(c)} {c.get('pattern', '')} {float(run.get('sparsity', c.get('sparsity', 0))):.0%}"
 
 
 def _series_key(run: dict) -> tuple[str, str, bool]:
     c = run.get("config", {})
-    upd = f"+{c['update']}" if c.get("update", "none") != "none" else ""
-    return f"{c.get('solver', '?')}{upd}", str(c.get("pattern", "")), bool(run.get("precomputed"))
+    return method_label(c), str(c.get("pattern", "")), bool(run.get("precomputed"))
 
 
 def _ppl(run: dict, which: str) -> float | None:
-    v = (run.get("perplexity") or {}).get(which)
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
+    return finite((run.get("perplexity") or {}).get(which))
+
+
+def _marker(pre: bool) -> dict:
+    """Precomputed: hollow circles; yours: filled circles with a dark outline (distinct even on the same point)."""
+    if pre:
+        return dict(size=9, symbol="circle-open", line=dict(width=2))
+    return dict(size=11, symbol="circle", line=dict(width=1.5, color=YOURS_OUTLINE))
+
+
+def _dense_traces(fig: go.Figure, pts: list[dict], x0: float, x1: float) -> None:
+    """Dense perplexities as dotted lines, added first so that they head the legend (traces, not annotated shapes:
+    annotations on a log axis take log10 units)."""
+    dense = sorted({round(d, 3) for d in (_ppl(r, "dense") for r in pts) if d is not None})
+    for d in dense[:3]:
+        fig.add_trace(go.Scatter(x=[x0, x1], y=[d, d], mode="lines", name=f"dense {d:.2f}", legendgroup="dense",
+                                 legendgrouptitle_text="dense model", legendrank=1,
+                                 line=dict(color="#868e96", dash="dot", width=1.2), hovertemplate=f"dense ppl {d:.3f}<extra></extra>"))
+
+
+SIDE_LEGEND = dict(orientation="v", yanchor="top", y=1, xanchor="left", x=1.01, font=dict(size=11), groupclick="toggleitem",
+                   tracegroupgap=6, traceorder="grouped")  # beside the curves: a sweep has many series
 
 
 def tradeoff_figure(runs: list[dict], title: str | None = "Perplexity vs sparsity", height: int = 480) -> go.Figure:
-    """One line per (solver, pattern); dashed/hollow for precomputed results; dense perplexity as a dotted line."""
+    """One line per (method, pattern); hollow markers for precomputed results, filled outlined ones for yours; dense
+    perplexity as dotted lines (first in the legend)."""
     pts = [r for r in runs if _ppl(r, "pruned") is not None]
     if not pts:
         return empty_figure("No finished runs yet: run a job or a sweep", height=height)
@@ -154,32 +210,52 @@ def tradeoff_figure(runs: list[dict], title: str | None = "Perplexity vs sparsit
     xs = [float(r.get("sparsity", 0)) for r in pts]
     lo, hi = max(0.0, min(xs) - 0.05), min(1.0, max(xs) + 0.05)  # the swept range, not all of [0, 1]
     fig = go.Figure()
-    for (solver, pattern, pre), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][:2])):  # your runs first
+    _dense_traces(fig, pts, lo, hi)
+    for (method, pattern, pre), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][:2])):  # yours first
         rs = sorted(rs, key=lambda r: float(r.get("sparsity", 0)))
-        base = solver.split("+")[0]
         fig.add_trace(go.Scatter(
             x=[float(r.get("sparsity", 0)) for r in rs], y=[_ppl(r, "pruned") for r in rs],
-            mode="lines+markers", name=f"{solver} · {pattern}",
+            mode="lines+markers", name=f"{method} · {pattern}",
             legendgroup="precomputed" if pre else "runs", legendgrouptitle_text=PRECOMPUTED_GROUP if pre else RUNS_GROUP,
-            line=dict(color=SOLVER_COLORS.get(base, PALETTE[hash(base) % len(PALETTE)]),
-                      dash=PATTERN_DASH.get(pattern, "longdash"), width=2),
-            marker=dict(size=9, symbol="circle-open" if pre else "circle", line=dict(width=2)),
+            legendrank=3 if pre else 2,
+            line=dict(color=solver_color(method), dash=PATTERN_DASH.get(pattern, "longdash"), width=2 if pre else 2.5),
+            marker=_marker(pre),
             customdata=[[r.get("model", {}).get("id", ""), _ppl(r, "dense") or float("nan"),
                          (r.get("config", {}).get("calib") or {}).get("nsamples", ""),
                          (r.get("config", {}).get("calib") or {}).get("seqlen", "")] for r in rs],
-            hovertemplate="%{fullData.name}" + (" (precomputed)" if pre else "") + "<br>sparsity %{x:.1%}<br>ppl %{y:.3f} (dense %{customdata[1]:.3f})"
+            hovertemplate="%{fullData.name}" + (" (precomputed)" if pre else " (yours)") +
+                          "<br>sparsity %{x:.1%}<br>ppl %{y:.3f} (dense %{customdata[1]:.3f})"
                           "<br>%{customdata[0]} · calib %{customdata[2]}×%{customdata[3]}<extra></extra>"))
-    # dense perplexities as dotted lines (traces, not annotated shapes: annotations on a log axis take log10 units)
-    dense = sorted({round(d, 3) for d in (_ppl(r, "dense") for r in pts) if d is not None})
-    for d in dense[:3]:
-        fig.add_trace(go.Scatter(x=[lo, hi], y=[d, d], mode="lines", name=f"dense {d:.2f}", legendgroup="dense",
-                                 legendgrouptitle_text="dense model",
-                                 line=dict(color="#868e96", dash="dot", width=1.2), hovertemplate=f"dense ppl {d:.3f}<extra></extra>"))
+    ys = [_ppl(r, "pruned") for r in pts] + [_ppl(r, "dense") for r in pts]
     fig.update_xaxes(title="sparsity", tickformat=".0%", range=[lo - 0.01, hi + 0.01])
-    fig.update_yaxes(title="perplexity (log)", type="log")
-    legend = dict(orientation="v", yanchor="top", y=1, xanchor="left", x=1.01, font=dict(size=11), groupclick="toggleitem",
-                  tracegroupgap=6)  # beside the curves: a sweep has many series
-    return _layout(fig, title, height, legend=legend, margin=dict(l=64, r=16, t=44 if title else 16, b=48))
+    fig.update_yaxes(title="perplexity (log scale)", type="log", **log_ticks(ys))
+    return _layout(fig, title, height, legend=SIDE_LEGEND, margin=dict(l=64, r=16, t=44 if title else 16, b=48))
+
+
+def cost_figure(runs: list[dict], title: str | None = "Perplexity vs prune time", height: int = 480) -> go.Figure:
+    """Each run as a point: x = seconds spent pruning, y = perplexity; what each point of quality costs."""
+    pts = [r for r in runs if _ppl(r, "pruned") is not None and finite((r.get("timings") or {}).get("prune_total"))]
+    if not pts:
+        return empty_figure("No finished runs with timings yet: run a job or a sweep", height=height)
+    groups: dict[tuple, list[dict]] = {}
+    for r in pts:
+        groups.setdefault(_series_key(r), []).append(r)
+    secs = [finite(r["timings"]["prune_total"]) for r in pts]
+    fig = go.Figure()
+    _dense_traces(fig, pts, max(min(secs) / 1.5, 1e-3), max(secs) * 1.5)
+    for (method, pattern, pre), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][:2])):
+        fig.add_trace(go.Scatter(
+            x=[finite(r["timings"]["prune_total"]) for r in rs], y=[_ppl(r, "pruned") for r in rs], mode="markers",
+            name=f"{method} · {pattern}", legendgroup="precomputed" if pre else "runs",
+            legendgrouptitle_text=PRECOMPUTED_GROUP if pre else RUNS_GROUP, legendrank=3 if pre else 2,
+            marker=dict(_marker(pre), color=solver_color(method)),
+            customdata=[[float(r.get("sparsity", 0)), r.get("device", "")] for r in rs],
+            hovertemplate="%{fullData.name}" + (" (precomputed)" if pre else " (yours)") +
+                          " · sparsity %{customdata[0]:.0%}<br>prune %{x:.1f} s on %{customdata[1]}<br>ppl %{y:.3f}<extra></extra>"))
+    ys = [_ppl(r, "pruned") for r in pts] + [_ppl(r, "dense") for r in pts]
+    fig.update_xaxes(title="time spent pruning (seconds, log scale)", type="log", **log_ticks(secs))
+    fig.update_yaxes(title="perplexity (log scale)", type="log", **log_ticks(ys))
+    return _layout(fig, title, height, legend=SIDE_LEGEND, margin=dict(l=64, r=16, t=44 if title else 16, b=48))
 
 
 def overlay_figure(run_a: dict | None, run_b: dict | None, height: int = 380) -> go.Figure:
@@ -200,7 +276,8 @@ def overlay_figure(run_a: dict | None, run_b: dict | None, height: int = 380) ->
     ticks = [i for i, l in enumerate(first) if i == 0 or l["block"] != first[i - 1]["block"]]
     step = max(1, len(ticks) // 15)
     fig.update_xaxes(title="layer (grouped by block)", tickvals=ticks[::step], ticktext=[str(first[i]["block"]) for i in ticks[::step]])
-    fig.update_yaxes(title="relative error (log)", type="log")
+    fig.update_yaxes(title="relative error (log scale)", type="log",
+                     **log_ticks([l["rel_error"] for r in runs for l in r["layers"]]))
     return _layout(fig, "Per-layer error overlay", height)
 
 
@@ -250,7 +327,8 @@ def lab_error_figure(lab: dict, height: int = 420) -> go.Figure:
         reason = next((v.get("reason") for v in lab.get("iterative", {}).values()), "ADMM not available")
         fig.add_annotation(text=f"ADMM: {reason}", x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False)
     fig.update_xaxes(title="ADMM iteration", range=[0, x_max + 0.5])
-    fig.update_yaxes(title="relative error (log)", type="log", dtick="D2")
+    ys = [v for t in fig.data for v in (t.y or ()) if v is not None]
+    fig.update_yaxes(title="relative error (log scale)", type="log", **log_ticks(ys))
     return _layout(fig, "Relative error per iteration: ADMM (solid) vs greedy (dashed)", height)
 
 
@@ -268,7 +346,8 @@ def residuals_figure(lab: dict, height: int = 320) -> go.Figure:
     if not fig.data:
         return empty_figure("This ADMM build does not report residuals", height)
     fig.update_xaxes(title="iteration")
-    fig.update_yaxes(title="‖·‖ / ‖W′₀‖ (log)", type="log", exponentformat="power", dtick=1)
+    ys = [v for t in fig.data for v in (t.y or ()) if v is not None]
+    fig.update_yaxes(title="relative residual (log scale)", type="log", **log_ticks(ys))
     return _layout(fig, "Primal (solid) and dual (dotted) residuals", height)
 
 
@@ -329,7 +408,8 @@ def histogram_figure(hist: dict | None, height: int = 340) -> go.Figure:
                                  fill="tozeroy" if label == "dense" else None,
                                  fillcolor="rgba(173,181,189,0.25)" if label == "dense" else None))
     fig.update_xaxes(title="weight value")
-    fig.update_yaxes(title="count (log)", type="log", dtick=1, exponentformat="power")
+    fig.update_yaxes(title="weights (log scale)", type="log",
+                     **log_ticks([max(c, 0.5) for cs in hist["counts"].values() for c in cs if c > 0]))
     return _layout(fig, "Weights before / after (non-zero survivors)", height)
 
 
@@ -349,6 +429,7 @@ def sparsefw_figure(rec: dict | None, height: int = 340) -> go.Figure:
                                  line=dict(color="#868e96", dash="dot", width=1.5)))
     fig.update_xaxes(title="Frank-Wolfe iteration")
     fig.update_yaxes(title="relative error")
-    fig.update_layout(yaxis2=dict(title="FW gap (log)", overlaying="y", side="right", type="log", showgrid=False, dtick=1,
-                                  exponentformat="power"))
+    gaps = [v for t in fig.data if t.yaxis == "y2" for v in (t.y or ())]
+    fig.update_layout(yaxis2=dict(title="FW gap (log scale)", overlaying="y", side="right", type="log", showgrid=False,
+                                  **log_ticks(gaps)))
     return _layout(fig, f"SparseFW (final error {rec['rel_error']:.4g})", height)

@@ -51,12 +51,18 @@ def _card(label: str, value: str, sub: str = "", color: str = "#212529") -> str:
             f'<div style="color:#868e96;font-size:12px">{sub}</div></div>')
 
 
-def _num(x) -> float | None:
+def finite(x) -> float | None:
+    """A float for display, or None for missing / NaN / inf / non-numeric values (the UI's one such helper)."""
+    if isinstance(x, bool):
+        return None
     try:
         v = float(x)
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
+
+
+_num = finite
 
 
 def metrics_html(report: dict | None, dense_ppl: float | None = None, pruned_ppl: float | None = None,
@@ -112,6 +118,8 @@ def timings_html(timings: dict) -> str:
             return ""
         label = PHASE_LABELS.get(k, PRUNE_PARTS.get(k, k))
         extra = ""
+        if k == "load" and v < 0.05:
+            extra = ' <span style="color:#adb5bd">(already in memory)</span>'
         if k == "prune_total":
             parts = [f"{PRUNE_PARTS[p]} {_fmt_seconds(_num(timings[p]))}" for p in PRUNE_PARTS if _num(timings.get(p)) is not None]
             extra = f' <span style="color:#adb5bd">({", ".join(parts)})</span>' if parts else ""
@@ -140,17 +148,3 @@ def generations_html(generations: list[dict], max_new_tokens: int | None = None)
     head = f'<tr>{th.format("Dense")}{th.format("Pruned")}</tr>'
     return (f'<div style="font-size:12px;color:#868e96;margin-bottom:4px">{note}</div>'
             f'<table style="width:100%;table-layout:fixed;border-collapse:collapse;font-size:14px;line-height:1.5">{head}{"".join(rows)}</table>')
-
-
-def estimate_md(seconds: float | None, device: str = "") -> str:
-    if seconds is None:
-        return ""
-    return f"Estimated time: **{_fmt_seconds(seconds)}**" + (f" on {device}" if device else "") + " (rough; dense results are cached)"
-
-
-def eta_text(elapsed: float, done: int, total: int, rest: float = 0.0) -> str:
-    """ETA from the mean time per finished unit, plus a fixed remainder (e.g. evaluation)."""
-    if done <= 0 or total <= 0:
-        return ""
-    remaining = elapsed / done * (total - done) + rest
-    return f"ETA {_fmt_seconds(remaining)}"

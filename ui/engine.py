@@ -1,0 +1,139 @@
+"""The UI's one door to the engine's heavy parts, imported lazily (``import ui`` loads no model and no
+transformers): model shapes for the pickers and the cheap checks, time estimates, text-source checks.
+
+``model_info`` results (and load errors) are remembered per model id, so the Prune tab can check a pattern
+against the model's widths, or look up its stored result, on every form change without loading anything.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from pruning.config import DEFAULT_MODEL
+from pruning.errors import user_message
+
+from .forms import calib_sources
+
+_INFO: dict[str, dict] = {}  # model id -> model_info(), for models loaded in this process
+_ERRORS: dict[str, str] = {}  # model id -> why it cannot be loaded
+_LOCK = threading.Lock()
+
+
+def known_info(model: str) -> dict | None:
+    """model_info of a model this process has already loaded, else None (never loads)."""
+    return _INFO.get((model or DEFAULT_MODEL).strip())
+
+
+def known_error(model: str) -> str | None:
+    return _ERRORS.get((model or DEFAULT_MODEL).strip())
+
+
+def model_info(model: str) -> dict:
+    """Blocks and linears of a model; loads it (once per process). Raises the engine's error (ModelError...)."""
+    from pruning.api import model_info as _model_info
+
+    key = (model or DEFAULT_MODEL).strip()
+    try:
+        info = _model_info(key)
+    except (ValueError, OSError) as e:
+        with _LOCK:
+            _ERRORS[key] = user_message(e)
+        raise
+    with _LOCK:
+        _INFO[key] = info
+        _ERRORS.pop(key, None)
+    return info
+
+
+def first_use_note(model: str) -> str:
+    """What loading ``model`` the first time will involve, or '' when it is loaded already."""
+    key = (model or DEFAULT_MODEL).strip()
+    if key in _INFO:
+        return ""
+    from pruning.models import EMBEDDED_ALIASES, embedded_model_dir
+
+    if key.lower() in EMBEDDED_ALIASES and not (embedded_model_dir() / "config.json").is_file():
+        return "first use: converting the embedded model to a cached copy, once (about a minute)"
+    return "first use of this model in this server: loading it (a few seconds)"
+
+
+def check_text_source(source: str) -> str | None:
+    """None if ``source`` is a named source, pasted text or a readable text file; else the engine's message."""
+    src = (source or "").strip()
+    if src.lower() in calib_sources():
+        return None
+    from pruning.data import load_documents
+
+    try:
+        load_documents(src, "calib")
+    except (ValueError, OSError) as e:
+        return user_message(e)
+    return None
+
+
+def check_pattern(pattern: str, info: dict) -> str | None:
+    """An N:M pattern must divide every input width of the model: the engine's message, with the widths."""
+    from pruning.patterns import parse_pattern
+
+    try:
+        pat = parse_pattern(pattern)
+    except ValueError as e:
+        return user_message(e)
+    if not pat.is_nm:
+        return None
+    widths = sorted({int(shape[1]) for shape in info.get("linears", {}).values()})
+    for w in widths:
+        try:
+            pat.check_shape(w)
+        except ValueError as e:
+            return f"{user_message(e)} (this model's input widths: {', '.join(map(str, widths))})"
+    return None
+
+
+def device_label(cfg) -> tuple[str, str]:
+    """(device type for the estimate, how the page names it); raises the engine's ValueError for a bad device."""
+    from pruning.api import resolve_device
+
+    dev = str(resolve_device(cfg.device))
+    return dev.split(":")[0], ("CPU" if dev == "cpu" else dev)
+
+
+def estimate(cfg, device: str | None = None) -> float:
+    from pruning.api import estimate_seconds
+
+    return float(estimate_seconds(cfg, device=device))
+
+
+def tail_estimate(cfg, total: float | None) -> float | None:
+    """Predicted seconds of the pruned evaluation + the generations: the cost model's share of those phases
+    applied to the whole job's estimate."""
+    if not total:
+        return None
+    try:
+        from pruning import cost_model
+
+        phases = cost_model.phase_seconds(cfg)
+        share = (phases.get("pruned_eval", 0.0) + phases.get("generate", 0.0)) / max(1e-9, sum(phases.values()))
+    except Exception:  # noqa: BLE001 -- the ETA then covers the pruning only
+        return None
+    return float(total) * share
+
+
+def warm_up(models=(DEFAULT_MODEL,), log=print) -> None:
+    """At server start: measure the machine for the estimate (~0.4 s), then load ``models`` (the embedded model's
+    one-time conversion happens here, with a line on the console, not in a visitor's first job)."""
+    from pruning.api import measure_machine
+
+    measure_machine()
+    for m in models:
+        note = first_use_note(m)
+        t0 = time.perf_counter()
+        if note:
+            log(f"Pruning Lab: {m}: {note}…", flush=True)
+        try:
+            model_info(m)
+        except (ValueError, OSError) as e:
+            log(f"Pruning Lab: {m} could not be loaded: {e}", flush=True)
+            continue
+        if note:
+            log(f"Pruning Lab: {m} ready in {time.perf_counter() - t0:.1f} s", flush=True)

@@ -1,0 +1,258 @@
+"""Form values -> validated configs, shared by every tab. No Gradio components here, no torch at import time
+beyond the engine's registry.
+
+* ``OptionRef`` / ``option_refs``: one control per declared solver/update option, read from the registries.
+* ``config_from_form`` / ``parse_config``: the Prune form (or an API dict) -> ``PruneConfig``; every problem is a
+  ``ConfigError`` whose message names the field *as the page shows it* (``relabel``) and the allowed values.
+* ``parse_sparsities`` / ``sweep_configs``: the Compare tab's sweep.
+* The defaults every tab starts from, read from the dataclasses and the registries (never restated here).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from pruning import PATTERNS, SOLVERS, UPDATES
+from pruning.config import DEFAULT_MODEL, DEFAULT_PROMPTS, CalibConfig, ConfigError, EvalConfig, PruneConfig
+
+from .render import finite  # noqa: F401  (re-exported: the one finite-or-None helper)
+
+try:  # the engine's sweep expansion (the CLI's, same order and de-duplication)
+    from pruning.config import sweep_configs as _engine_sweep_configs
+except ImportError:  # pragma: no cover - until the engine exports it
+    _engine_sweep_configs = None
+
+# -- defaults, from the engine's dataclasses and registries -----------------------------------------------------
+DEFAULTS = PruneConfig()
+CALIB_DEFAULTS = CalibConfig()
+EVAL_DEFAULTS = EvalConfig()
+DEFAULT_SOLVER = DEFAULTS.solver
+
+
+def pattern_choices() -> list[str]:
+    """The named patterns plus the N:M examples the registry lists ("N:M (e.g. 2:4, 4:8)" -> 2:4, 4:8)."""
+    out = []
+    for p in PATTERNS:
+        out += re.findall(r"\d+:\d+", p) if ":" in p else [p]
+    return out
+
+
+def calib_sources() -> list[str]:
+    from pruning.data import NAMED_SOURCES
+
+    return list(NAMED_SOURCES)
+
+
+def mask_solvers() -> list[str]:
+    return [s.name for s in SOLVERS if s.kind == "mask"]
+
+
+# -- messages in the page's words ------------------------------------------------------------------------------
+# config field (the prefix of the engine's messages) -> the label the Prune tab shows for it
+PRUNE_LABELS = {
+    "model": "Model", "solver": "Solver", "pattern": "Pattern", "sparsity": "Sparsity",
+    "update": "Weight update after the mask", "nsamples": "Calibration windows", "seqlen": "Tokens per window",
+    "calib": "Text", "eval": "Text", "calib.source": "Text", "eval.source": "Text", "eval_windows": "Eval windows (0 = all)", "eval_seqlen": "Eval tokens per window",
+    "device": "Device", "dtype": "Forward dtype", "max_new_tokens": "New tokens", "seed": "Seed",
+}
+
+
+def relabel(message: str, labels: dict[str, str]) -> str:
+    """'nsamples: expected …' -> 'Calibration windows (nsamples): expected …'. The engine's messages start with the
+    field's API name; the page shows another label for most fields. Where both read the same ('sparsity' /
+    'Sparsity') the message is left as it is."""
+    field, sep, rest = str(message).partition(": ")
+    label = labels.get(field)
+    if not sep or label is None or label.lower() == field.lower():
+        return str(message)
+    return f"{label} ({field}): {rest}"
+
+
+# -- solver / update options -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OptionRef:
+    """One solver/update option control: which registry entry owns it and the declared Option."""
+
+    kind: str  # 'solver' | 'update'
+    owner: str
+    option: object  # pruning.solvers.Option
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.owner}:{self.option.name}"
+
+    @property
+    def label(self) -> str:
+        return self.option.name.replace("_", " ")
+
+
+def option_refs() -> list[OptionRef]:
+    """Every declared option of every registered solver and update, in registry order."""
+    refs = [OptionRef("solver", s.name, o) for s in SOLVERS for o in s.options]
+    refs += [OptionRef("update", u.name, o) for u in UPDATES if u.name != "none" for o in u.options]
+    return refs
+
+
+def _cast(option, value):
+    if value is None:
+        return option.default
+    if option.type == "int":
+        v = float(value)
+        if not v.is_integer():
+            raise ValueError(value)
+        return int(v)
+    if option.type == "float":
+        return float(value)
+    if option.type == "bool":
+        return bool(value)
+    return value
+
+
+FORM_FIELDS = ("model", "solver", "pattern", "sparsity", "update", "nsamples", "seqlen", "calib_source",
+               "eval_windows", "eval_seqlen", "device", "dtype", "prompts", "max_new_tokens")
+_NUMERIC = {"sparsity": "a number in [0, 1)", "nsamples": "a whole number", "seqlen": "a whole number",
+            "eval_windows": "a whole number (0 = all)", "eval_seqlen": "a whole number", "max_new_tokens": "a whole number"}
+
+
+def require_numbers(form: dict, labels: dict[str, str], fields=None) -> None:
+    """An emptied number box arrives as None: say which one, in the page's words."""
+    for f, what in _NUMERIC.items():
+        if (fields is None or f in fields) and f in form and form[f] is None:
+            raise ConfigError(f"{labels.get(f, f)}: empty; enter {what}")
+
+
+def config_from_form(form: dict, option_values: list, refs: list[OptionRef]) -> PruneConfig:
+    """A validated PruneConfig from the Prune tab's controls. Only options that differ from their defaults are
+    kept, so the cache key is the same as for the same run started from the CLI. Raises ConfigError (messages in
+    the page's words)."""
+    require_numbers(form, PRUNE_LABELS)
+    solver = form["solver"]
+    update = form.get("update") or "none"
+    if solver in SOLVERS and SOLVERS.get(solver).kind != "mask":
+        update = "none"  # the update control is hidden for solvers that update weights themselves
+    opts = {}
+    for ref, v in zip(refs, option_values):
+        if (ref.kind == "solver" and ref.owner == solver) or (ref.kind == "update" and ref.owner == update):
+            try:
+                val = _cast(ref.option, v)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{ref.owner}.{ref.option.name}: expected a {ref.option.type}, got {v!r}") from None
+            if val != ref.option.default:
+                opts[ref.option.name] = val
+    prompts = [p.strip() for p in str(form.get("prompts") or "").splitlines() if p.strip()]
+    source = (form.get("calib_source") or CALIB_DEFAULTS.source).strip()
+    d = {
+        "model": (form.get("model") or DEFAULT_MODEL).strip(),
+        "solver": solver,
+        "sparsity": form["sparsity"],
+        "pattern": form["pattern"],
+        "update": update,
+        "options": opts,
+        "calib": {"source": source, "nsamples": form["nsamples"], "seqlen": form["seqlen"]},
+        "eval": {"source": source, "windows": form["eval_windows"], "seqlen": form["eval_seqlen"]},
+        "device": form.get("device") or DEFAULTS.device,
+        "dtype": form.get("dtype") or DEFAULTS.dtype,
+        "prompts": prompts or list(DEFAULT_PROMPTS),
+        "max_new_tokens": form["max_new_tokens"],
+    }
+    try:
+        return parse_config(d)
+    except ConfigError as e:
+        raise ConfigError(relabel(str(e), PRUNE_LABELS)) from None
+
+
+def parse_config(config) -> PruneConfig:
+    """dict or JSON string -> PruneConfig; every problem becomes a ConfigError naming the field."""
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError as e:
+            raise ConfigError(f"config: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"config: expected an object with fields such as solver, sparsity, pattern; got {type(config).__name__}")
+    try:
+        return PruneConfig.from_dict(config)
+    except TypeError as e:  # unknown field names
+        raise ConfigError(f"config: {e}; allowed fields: {', '.join(PruneConfig.__dataclass_fields__)}") from None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+# -- sweeps ----------------------------------------------------------------------------------------------------
+MAX_SWEEP = 48
+
+
+def parse_sparsities(text, label: str = "Sparsities") -> list[float]:
+    """'0.3, 0.5 70' -> [0.3, 0.5, 0.7] ("50" means 50 %). Raises ConfigError naming ``label``."""
+    if isinstance(text, (list, tuple)):
+        items = list(text)
+    else:
+        items = [t for t in str(text or "").replace(";", ",").replace(" ", ",").split(",") if t.strip()]
+    out = []
+    for t in items:
+        try:
+            s = float(t)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{label} (sparsities): {t!r} is not a number; write e.g. 0.3, 0.5, 0.7") from None
+        if 1.0 < s < 100:  # "50" means 50 %
+            s = s / 100
+        out.append(s)
+    if not out:
+        raise ConfigError(f"{label} (sparsities): empty; write e.g. 0.3, 0.5, 0.7")
+    return out
+
+
+def _local_sweep_configs(base: PruneConfig, solvers, sparsities, patterns, updates=("none",)) -> list[PruneConfig]:
+    """solvers × updates × patterns × sparsities from ``base``, de-duplicated by key (N:M fixes the sparsity); an
+    update applies to mask solvers only. Stand-in with the signature of ``pruning.config.sweep_configs``."""
+    out, seen = [], set()
+    for solver in solvers:
+        is_mask = solver in SOLVERS and SOLVERS.get(solver).kind == "mask"
+        for update in (updates if is_mask else ("none",)):
+            for pattern in patterns:
+                for s in sparsities:
+                    cfg = base.replace(solver=solver, update=update, pattern=pattern, sparsity=s, options=())
+                    if cfg.key() not in seen:
+                        seen.add(cfg.key())
+                        out.append(cfg)
+    return out
+
+
+def sweep_configs(base: PruneConfig, solvers, sparsities, patterns, updates=("none",)) -> list[PruneConfig]:
+    """The engine's ``pruning.config.sweep_configs`` when present (one expansion for the CLI and the app)."""
+    fn = _engine_sweep_configs or _local_sweep_configs
+    return fn(base, list(solvers), list(sparsities), list(patterns), tuple(updates))
+
+
+SWEEP_LABELS = {"nsamples": "Calib windows", "seqlen": "Calib tokens", "eval_windows": "Eval windows",
+                "eval_seqlen": "Eval tokens", "model": "Model"}
+
+
+def sweep_from_form(model: str, solvers, patterns, sparsities, nsamples, seqlen, eval_windows, eval_seqlen,
+                    updates=None, max_new_tokens: int | None = None) -> list[PruneConfig]:
+    """The Compare tab's sweep form -> configs (at most MAX_SWEEP). Raises ConfigError in the page's words."""
+    solvers, patterns = list(solvers or []), list(patterns or [])
+    updates = list(updates or ["none"])
+    if not solvers:
+        raise ConfigError(f"Solvers: pick at least one; allowed: {', '.join(SOLVERS.names())}")
+    if not patterns:
+        raise ConfigError(f"Patterns: pick at least one; allowed: {', '.join(pattern_choices())} or any N:M")
+    unknown = [u for u in updates if u not in UPDATES]
+    if unknown:
+        raise ConfigError(f"Weight updates: unknown {unknown}; allowed: {', '.join(UPDATES.names())}")
+    sps = parse_sparsities(sparsities)
+    require_numbers({"nsamples": nsamples, "seqlen": seqlen, "eval_windows": eval_windows, "eval_seqlen": eval_seqlen},
+                    SWEEP_LABELS)
+    try:
+        base = parse_config({"model": (model or DEFAULT_MODEL).strip(), "calib": {"nsamples": nsamples, "seqlen": seqlen},
+                             "eval": {"windows": eval_windows, "seqlen": eval_seqlen},
+                             "max_new_tokens": DEFAULTS.max_new_tokens if max_new_tokens is None else max_new_tokens})
+        configs = sweep_configs(base, solvers, sps, patterns, updates)
+    except ConfigError as e:
+        raise ConfigError(relabel(str(e), {**PRUNE_LABELS, **SWEEP_LABELS})) from None
+    except ValueError as e:
+        raise ConfigError(relabel(str(e), {**PRUNE_LABELS, **SWEEP_LABELS})) from None
+    if len(configs) > MAX_SWEEP:
+        raise ConfigError(f"sweep: {len(configs)} runs requested; allowed: at most {MAX_SWEEP} per sweep")
+    return configs
