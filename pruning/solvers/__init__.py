@@ -5,5 +5,6 @@ from . import admm  # noqa: F401  (registration side effects)
 from . import ria  # noqa: F401
 from . import sparsefw  # noqa: F401
 from . import sparsellm  # noqa: F401
+from . import alps  # noqa: F401
 
 __all__ = ["SOLVERS", "UPDATES", "LayerProblem", "NumericalError", "Option", "SolveContext", "SolverError", "SolverOutput", "SolverSpec"]
