@@ -10,6 +10,7 @@ from . import exact  # noqa: F401
 from . import ria  # noqa: F401
 from . import sparsefw  # noqa: F401
 from . import sparsellm  # noqa: F401
+from . import alps  # noqa: F401
 
 __all__ = ["SOLVERS", "UPDATES", "BlockProblem", "LayerProblem", "NumericalError", "Option", "SolveContext", "SolverError",
            "SolverOutput", "SolverSpec", "split_options", "validate_sparsity"]
