@@ -166,3 +166,15 @@ def test_reproduction_mismatch_is_refused():
     check_reproduced(stored, [{"block": 0, "name": "q", "rel_error": 0.1}])
     with pytest.raises(ReproductionError, match="different per-layer errors on 1 of 1"):
         check_reproduced(stored, [{"block": 0, "name": "q", "rel_error": 0.1000000001}])
+
+
+def test_bench_sparse_on_cpu_reports_no_kernel_without_failing(tmp_path):
+    from pruning.sparse_bench import bench_sparse, format_table, load_measurement, save_measurement
+
+    res = bench_sparse(shapes=((64, 128), (32, 64)), tokens=64, device="cpu", reps=2)
+    assert res["kernel"] is False and "no semi-structured (2:4) sparse kernel on cpu" in res["reason"]
+    assert [(r["d_out"], r["d_in"]) for r in res["rows"]] == [(64, 128), (32, 64)]
+    assert all(r["dense_ms"] > 0 and r["sparse_ms"] is None for r in res["rows"])
+    assert "no semi-structured" in format_table(res)
+    p = save_measurement(res, tmp_path / "b.json")
+    assert load_measurement(p) == res and load_measurement(tmp_path / "missing.json") is None
