@@ -1,0 +1,102 @@
+"""Per-layer sparsity allocation: exact global budget, OWL as in its paper/official code, error-curve optimum."""
+import itertools
+import math
+import random
+
+import pytest
+import torch
+
+from pruning.allocation import (AllocationError, check_allocation, counts_to_sparsities, curve_grid,
+                                curve_sparsities, exact_counts, outlier_ratio, owl_block_sparsities, wanda_scores)
+from pruning.patterns import parse_pattern, prune_count
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_exact_counts_meet_the_budget_and_stay_close(seed):
+    rnd = random.Random(seed)
+    sizes = [rnd.choice([64 * 64, 64 * 128, 128 * 64, 7, 1]) for _ in range(rnd.randint(1, 30))]
+    s = rnd.uniform(0.05, 0.95)
+    targets = [min(0.99, max(0.0, s + rnd.uniform(-0.1, 0.1))) for _ in sizes]
+    c = exact_counts(targets, sizes, s)
+    assert sum(c) == math.floor(s * sum(sizes) + 1e-9)
+    assert all(0 <= k <= n for k, n in zip(c, sizes))
+    # every solver turns the sparsity back into exactly that count
+    pat = parse_pattern("unstructured")
+    for k, n, sp in zip(c, sizes, counts_to_sparsities(c, sizes)):
+        assert prune_count(pat, (1, n), sp) == k
+
+
+def test_uniform_targets_are_exact_too():
+    sizes = [576 * 576, 192 * 576, 1536 * 576, 576 * 1536] * 3
+    c = exact_counts([0.5] * len(sizes), sizes, 0.5)
+    assert c == [n // 2 for n in sizes]
+    c = exact_counts([0.333] * len(sizes), sizes, 0.333)
+    assert sum(c) == math.floor(0.333 * sum(sizes) + 1e-9)
+
+
+def test_outlier_ratio_counts_entries_above_m_times_mean():
+    s = [torch.tensor([[1.0, 1.0, 1.0, 1.0]]), torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 20.0]])]
+    # mean = 29/10 = 2.9; 5 × mean = 14.5: one entry of ten
+    assert outlier_ratio(s, m=5) == pytest.approx(10.0)
+    assert outlier_ratio(s, m=10) == 0.0
+
+
+def test_owl_block_sparsities_mean_and_order():
+    ratios = [1.0, 3.0, 2.0, 5.0]
+    sp = owl_block_sparsities(ratios, 0.7, lam=0.08)
+    assert sum(sp) / len(sp) == pytest.approx(0.7, abs=1e-12)
+    assert max(sp) - min(sp) == pytest.approx(0.16, abs=1e-12)  # min-max scaled to a width of 2λ
+    order = sorted(range(4), key=lambda i: ratios[i])
+    assert [sp[i] for i in order] == sorted(sp, reverse=True)  # more outliers -> pruned less
+    assert owl_block_sparsities([2.0, 2.0], 0.5) == [0.5, 0.5]
+
+
+def test_wanda_scores():
+    W = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+    g = torch.tensor([4.0, 9.0])
+    assert torch.equal(wanda_scores(W, g), torch.tensor([[2.0, 6.0], [6.0, 1.5]]))
+
+
+def test_curve_allocation_meets_budget_and_beats_uniform():
+    grid = curve_grid(0.5, span=0.2, points=9)
+    assert grid[0] == pytest.approx(0.3) and grid[-1] == pytest.approx(0.7) and len(grid) == 9
+    # layer 0 is cheap to prune, layer 1 expensive, layer 2 in between (convex increasing curves)
+    slopes = [0.2, 3.0, 1.0]
+    curves = [[a * x * x for x in grid] for a in slopes]
+    sizes = [1000, 1000, 2000]
+    t = curve_sparsities(curves, grid, sizes, 0.5)
+    assert sum(x * n for x, n in zip(t, sizes)) == pytest.approx(0.5 * sum(sizes), rel=1e-9)
+    assert t[0] > t[2] > t[1]
+
+    def cost(ts):
+        return sum(a * x * x for a, x in zip(slopes, ts))
+
+    assert cost(t) < cost([0.5, 0.5, 0.5])
+    # brute force over the grid with the budget met exactly (pairs of grid points + the blend) is no better
+    best = min(cost(c) for c in itertools.product(grid, repeat=3)
+               if abs(sum(x * n for x, n in zip(c, sizes)) - 2000) < 1e-9)
+    assert cost(t) <= best + 1e-6
+
+
+def test_curve_allocation_with_identical_curves_is_uniform():
+    grid = curve_grid(0.6)
+    curves = [[x ** 2 for x in grid]] * 4
+    t = curve_sparsities(curves, grid, [100] * 4, 0.6)
+    assert all(x == pytest.approx(0.6, abs=1e-6) for x in t)
+
+
+def test_bad_allocation_input_is_refused_before_anything_runs():
+    check_allocation("uniform", 0.5, "2:4")
+    check_allocation("owl", 0.5)
+    with pytest.raises(AllocationError, match="allocation: unknown allocation 'best'; allowed: uniform, owl, curve"):
+        check_allocation("best", 0.5)
+    with pytest.raises(AllocationError, match="pattern 2:4 fixes it to N/M"):
+        check_allocation("owl", 0.5, "2:4")
+    with pytest.raises(AllocationError, match=r"owl_lambda: 0.6 is outside the allowed range"):
+        check_allocation("owl", 0.5, owl_lambda=0.6)
+    with pytest.raises(AllocationError, match=r"owl_lambda: 0.2 is outside"):
+        check_allocation("owl", 0.9, owl_lambda=0.2)  # beyond 1 − s
+    with pytest.raises(AllocationError, match=r"owl_m: 0 is not allowed; allowed: a number > 0"):
+        check_allocation("owl", 0.5, owl_m=0)
+    with pytest.raises(AllocationError, match="needs pattern 'unstructured'"):
+        check_allocation("curve", 0.5, "per-row")
