@@ -8,7 +8,7 @@ import torch
 from pruning import prune_layer, rel_error
 from pruning.patterns import check_mask, parse_pattern, select_mask
 from pruning.solvers import SOLVERS, LayerProblem, NumericalError, SolveContext, SolverError
-from pruning.solvers.admm import exact_solution
+from pruning.solvers.exact import exact_solution
 from pruning.solvers.alps import cg_on_support
 from _synth import synthetic_layer
 

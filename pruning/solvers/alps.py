@@ -222,7 +222,6 @@ def cg_on_support(A: torch.Tensor, C: torch.Tensor, X0: torch.Tensor, keep: torc
     "(restarting with a smaller one if it freezes at once), stopped when the support settles, then "
     "conjugate-gradient steps on the fixed support.",
     paper="https://arxiv.org/abs/2406.07831",
-    reference="mazumder-lab/ALPS alps.py:ALPS_prune.ALPS_admm (8af9e6b)",
 )
 def alps(p: LayerProblem, pattern: Pattern, sparsity: float, opts: dict, ctx: SolveContext | None = None) -> SolverOutput:
     ctx = ctx or SolveContext()
