@@ -222,11 +222,9 @@ def measure_machine(device: str = "auto", dtype: str = "auto") -> None:
     """Measure this machine's rates for ``estimate_seconds`` now (~0.3 s), e.g. at server start while the process is
     idle: a first measurement taken while a page view loads the model would be too slow."""
     from . import cost_model
-    from .solvers import sparsefw
 
     dev = resolve_device(device)
-    cost_model.machine_rates(str(dev), resolve_dtype(dtype, dev))
-    sparsefw.device_rates(str(dev))  # its own cost model (per-iteration primitives)
+    cost_model.machine_rates(str(dev), resolve_dtype(dtype, dev))  # every primitive, SparseFW's included
 
 
 def _observe(config: PruneConfig, model, timings: dict) -> None:

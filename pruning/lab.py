@@ -5,7 +5,7 @@ each linear) are captured once on a small calibration sample (``pipeline.capture
 small in-process LRU, so switching projection or sparsity is instant), then ``prune_layer`` runs:
 
 * greedy: magnitude, Wanda, SparseGPT (each one error, no iterations);
-* ADMM with a fixed mask (the Wanda mask, ``mask_from='wanda'``: the paper's "Wanda + ADMM update") and
+* ADMM with a fixed mask (the Wanda mask, ``gradual_iters=0``: the paper's "Wanda + ADMM update") and
   ADMM-Grad (gradual mask, the default) -- Boža 2024, arXiv 2401.02938; per-iteration traces;
 * SparseFW (Frank-Wolfe mask, arXiv 2510.13713) when it is registered -- objective and FW gap per iteration.
 
@@ -30,8 +30,8 @@ from .solvers import SOLVERS, SolverError
 GREEDY = ("magnitude", "wanda", "sparsegpt")
 # label -> (solver, options); options not declared by the registered solver are dropped
 ITERATIVE = {
-    "ADMM (fixed Wanda mask)": ("admm", {"mask_from": "wanda"}),
-    "ADMM-Grad (gradual mask)": ("admm", {"mask_from": "gradual"}),
+    "ADMM (fixed Wanda mask)": ("admm", {"gradual_iters": 0}),  # one-shot mask = the Wanda mask, then ADMM on it
+    "ADMM-Grad (gradual mask)": ("admm", {}),
 }
 _CAPTURE_LOCK = threading.Lock()
 _PROBLEMS: "collections.OrderedDict[tuple, dict]" = collections.OrderedDict()
@@ -142,7 +142,7 @@ def solve_layer(p, sparsity: float = 0.5, pattern: str = "unstructured", admm_it
         o = dict(opts)
         if admm_iters is not None:
             o["iters"] = int(admm_iters)
-            if o.get("mask_from") == "gradual":
+            if o.get("gradual_iters", 1) != 0:  # the gradual entry: at most admm_iters selections
                 o["gradual_iters"] = min(int(admm_iters), SOLVERS.get(solver).defaults().get("gradual_iters", 15))
         out["iterative"][label] = _run(p, solver, sparsity, pattern, _declared(solver, o))
     if "sparsefw" in SOLVERS:
