@@ -242,8 +242,7 @@ def test_two_tabs_queue_and_cancel_in_browser(browser, tmp_path):
         a.wait_for_function("document.querySelectorAll('#layer-plot .js-plotly-plot .point').length >= 1", timeout=120_000)
         assert _state(a) == "running"
         _start_job(b, url, str(tiny), "magnitude")
-        b.wait_for_function("document.querySelector('#progress .pl-progress[data-state=\"queued\"]') !== null", timeout=60_000)
-        queued_text = b.locator("#progress").inner_text()
+        queued_text = _progress(b, "position 1 in the queue", 60)
         _visible(a.get_by_role("button", name="■ Cancel")).click()
         a.wait_for_selector('#progress .pl-progress[data-state="cancelled"]', timeout=60_000)
         _wait_points(a, "#layer-plot", 1, 30)

@@ -27,8 +27,8 @@ fmt_seconds = _fmt_seconds
 
 
 def progress_html(fraction: float, title: str, detail: str = "", state: str = "running") -> str:
-    """A progress bar. state: idle | queued | running | done | cancelled | failed."""
-    colors = {"idle": "#ced4da", "queued": "#fab005", "running": ACCENT, "done": "#37b24d", "cancelled": "#868e96", "failed": "#f03e3e"}
+    """A progress bar. state: idle | starting | queued | running | done | cancelled | failed."""
+    colors = {"idle": "#ced4da", "starting": "#fab005", "queued": "#fab005", "running": ACCENT, "done": "#37b24d", "cancelled": "#868e96", "failed": "#f03e3e"}
     c = colors.get(state, ACCENT)
     pct = max(0.0, min(1.0, float(fraction))) * 100
     stripes = ("background-image:linear-gradient(45deg,rgba(255,255,255,.18) 25%,transparent 25%,transparent 50%,"
