@@ -518,6 +518,10 @@ def test_compare_marks_yours_and_shows_cost_view(page):
         const r = th.getBoundingClientRect(); return [th.innerText.trim(), r.right]; })""")
     keys = {name: right for name, right in heads if name in ("solver", "pattern", "sparsity", "pruned ppl", "ppl ×", "prune s")}
     assert len(keys) == 6 and max(keys.values()) <= VIEWPORT["width"], heads
+    # the overlay shows the two runs the pickers name (the newest: yours first), not a stale pair
+    names = page.evaluate("(document.querySelector('#overlay-plot .js-plotly-plot').data || []).map(t => t.name)")
+    picked = page.locator(".pl-nowrap input").first.input_value()
+    assert names and "yours" in picked and names[0] == picked.split(" · ")[0], (names, picked)
     page.get_by_role("tab", name="Perplexity vs prune time").click()
     page.wait_for_function("document.querySelectorAll('#cost-plot .scatterlayer .point').length >= 10", timeout=30_000)
     xtitle = page.evaluate("document.querySelector('#cost-plot .xtitle').textContent")
