@@ -83,7 +83,7 @@ def test_prune_streams_then_returns_from_cache(app):
     assert len(outs) >= 4, "expected several streamed updates"
     final = outs[-1]
     assert _state(final) == "done"
-    intermediate = [o for o in outs[:-1] if _state(o) in ("queued", "running")]
+    intermediate = [o for o in outs[:-1] if _state(o) in ("starting", "queued", "running")]
     assert len(intermediate) >= 3
     titles = {re.search(r"font-weight:600;font-size:15px\">([^<]+)<", o[P_PROGRESS]).group(1) for o in intermediate}
     assert len(titles) >= 2, titles  # several phases were shown before the end

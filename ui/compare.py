@@ -2,7 +2,7 @@
 against sparsity and against prune time, a per-layer overlay of two runs, and sweeps.
 
 API:
-  /runs(model, include_precomputed)   (runs table, trade-off figure, run A, run B, model filter, cost figure)
+  /runs(model, include_precomputed)   (runs table, trade-off figure, run A, run B, model filter, cost figure, overlay)
   /overlay(run_a, run_b)              per-layer error overlay figure
   /sweep(model, solvers, patterns, sparsities, nsamples, seqlen, eval_windows, eval_seqlen, updates)
                                       streams (status table, trade-off figure, runs table)
@@ -83,7 +83,7 @@ class CompareTab(Tab):
         gr.Markdown("#### Overlay two runs")
         self.run_a = gr.Dropdown(label="Run A", choices=[], elem_classes="pl-nowrap")
         self.run_b = gr.Dropdown(label="Run B", choices=[], elem_classes="pl-nowrap")
-        self.overlay_plot = gr.Plot(plots.overlay_figure(None, None), show_label=False)
+        self.overlay_plot = gr.Plot(plots.overlay_figure(None, None), show_label=False, elem_id="overlay-plot")
         with gr.Accordion("Launch a sweep (queued like any other job)", open=False):
             with gr.Row():
                 self.sw_solvers = gr.CheckboxGroup(choices=SOLVERS.names(), value=["magnitude", "wanda", "sparsegpt"],
@@ -105,7 +105,7 @@ class CompareTab(Tab):
             self.sw_status = gr.Dataframe(headers=STATUS_COLUMNS, interactive=False, max_height=300, show_label=False)
 
     def compare_outputs(self) -> list:
-        return [self.runs_table, self.tradeoff_plot, self.run_a, self.run_b, self.model, self.cost_plot]
+        return [self.runs_table, self.tradeoff_plot, self.run_a, self.run_b, self.model, self.cost_plot, self.overlay_plot]
 
     def wire(self, app: App) -> None:
         inputs, out = [self.model, self.precomputed], self.compare_outputs()
@@ -113,7 +113,7 @@ class CompareTab(Tab):
         tab = app.tab_items.get(self.id)
         triggers = [self.model.input, self.precomputed.input] + ([tab.select] if tab is not None else [])
         gr.on(triggers, self.compare, inputs, out, api_visibility="private", show_progress="hidden")
-        gr.on([self.run_a.change, self.run_b.change], self.overlay, [self.run_a, self.run_b], self.overlay_plot,
+        gr.on([self.run_a.input, self.run_b.input], self.overlay, [self.run_a, self.run_b], self.overlay_plot,
               api_name="overlay", show_progress="hidden", trigger_mode="always_last")
         sweep = self.sw_btn.click(self.sweep, [self.sw_model, self.sw_solvers, self.sw_patterns, self.sw_sparsities, self.sw_nsamples,
                                                self.sw_seqlen, self.sw_eval_windows, self.sw_eval_seqlen, self.sw_updates],
@@ -139,7 +139,7 @@ class CompareTab(Tab):
         return [r for r in runs if (r.get("model") or {}).get("id", (r.get("config") or {}).get("model")) == model]
 
     def compare(self, model: str = ALL_MODELS, include_precomputed: bool = True):
-        """(runs table, trade-off figure, run A dropdown, run B dropdown, model filter dropdown, cost figure)."""
+        """(runs table, trade-off figure, run A dropdown, run B dropdown, model filter dropdown, cost figure, overlay)."""
         every = self.all_runs(include_precomputed)
         runs = self._filter(every, model)
 
@@ -148,14 +148,16 @@ class CompareTab(Tab):
             return (f"{plots.run_label(r)} · ppl {ppl:.2f}" if ppl is not None else plots.run_label(r)) + \
                 (" · precomputed" if r.get("precomputed") else " · yours")
 
-        choices = [(label(r), run_id(r)) for r in reversed(runs)]
+        newest = list(reversed(runs))
+        choices = [(label(r), run_id(r)) for r in newest]
         ids = [c[1] for c in choices]
         models = [ALL_MODELS] + sorted({(r.get("model") or {}).get("id", "") for r in every} - {""})
-        return (runs_frame(list(reversed(runs))), plots.tradeoff_figure(runs),
+        a, b = (newest[0] if newest else None), (newest[1] if len(newest) > 1 else None)
+        return (runs_frame(newest), plots.tradeoff_figure(runs),
                 gr.update(choices=choices, value=ids[0] if ids else None),
                 gr.update(choices=choices, value=ids[1] if len(ids) > 1 else None),
                 gr.update(choices=models, value=model if model in models else ALL_MODELS),
-                plots.cost_figure(runs))
+                plots.cost_figure(runs), plots.overlay_figure(a, b))  # the overlay of the pickers' new values, at once
 
     def cancel_sweep(self, request: gr.Request = None) -> str:
         """Cancel the caller's sweep (the Prune tab's cancel, for the sweep's runs)."""

@@ -54,7 +54,7 @@ def first_use_note(model: str) -> str:
 
     if key.lower() in EMBEDDED_ALIASES and not (embedded_model_dir() / "config.json").is_file():
         return "first use: converting the embedded model to a cached copy, once (about a minute)"
-    return "first use of this model in this server: loading it (a few seconds)"
+    return "first use of this model in this server: loading it first"
 
 
 def check_text_source(source: str) -> str | None:

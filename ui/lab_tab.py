@@ -142,7 +142,9 @@ class LabTab(Tab):
         try:
             info = engine.model_info(model)
         except (ValueError, OSError) as e:
-            gr.Warning(error_text(f"model: {e}"))
+            from pruning.errors import user_message
+
+            gr.Warning(error_text(relabel(user_message(e), LAB_LABELS)))
             return gr.skip(), gr.skip()
         names = list(info["linears"])
         default = "self_attn.q_proj" if "self_attn.q_proj" in names else names[0]

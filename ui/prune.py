@@ -234,7 +234,7 @@ class PruneTab(Tab):
             self._config(values)
         except ValueError as e:
             return render.progress_html(0, "Invalid setting", str(e)[:200], "failed"), ""
-        return render.progress_html(0, "Starting", "checking the result cache", "queued"), ""
+        return render.progress_html(0, "Starting", "checking the result cache", "starting"), ""
 
     def validate(self, *values) -> dict:
         """The validated config (the input of /prune), or a gr.Error naming the bad field."""
@@ -307,7 +307,7 @@ class PruneTab(Tab):
         first = list(outputs(view, force=True))
         note = engine.first_use_note(cfg.model)
         first[0] = render.progress_html(0, "Loading the model" if note else "Starting",
-                                        f"{note}; then checking the result cache" if note else "checking the result cache", "queued")
+                                        f"{note}; then checking the result cache" if note else "checking the result cache", "starting")
         yield (*first, gr.skip())
         runner = self.app.runner
         job = runner.submit(cfg, owner=owner)  # a cache hit completes here, without queueing

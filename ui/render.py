@@ -27,8 +27,8 @@ fmt_seconds = _fmt_seconds
 
 
 def progress_html(fraction: float, title: str, detail: str = "", state: str = "running") -> str:
-    """A progress bar. state: idle | queued | running | done | cancelled | failed."""
-    colors = {"idle": "#ced4da", "queued": "#fab005", "running": ACCENT, "done": "#37b24d", "cancelled": "#868e96", "failed": "#f03e3e"}
+    """A progress bar. state: idle | starting | queued | running | done | cancelled | failed."""
+    colors = {"idle": "#ced4da", "starting": "#fab005", "queued": "#fab005", "running": ACCENT, "done": "#37b24d", "cancelled": "#868e96", "failed": "#f03e3e"}
     c = colors.get(state, ACCENT)
     pct = max(0.0, min(1.0, float(fraction))) * 100
     stripes = ("background-image:linear-gradient(45deg,rgba(255,255,255,.18) 25%,transparent 25%,transparent 50%,"
@@ -62,7 +62,6 @@ def finite(x) -> float | None:
     return v if math.isfinite(v) else None
 
 
-_num = finite
 
 
 def metrics_html(report: dict | None, dense_ppl: float | None = None, pruned_ppl: float | None = None,
@@ -72,8 +71,8 @@ def metrics_html(report: dict | None, dense_ppl: float | None = None, pruned_ppl
         return '<div style="color:#868e96;padding:8px 0">Results appear here when the job finishes.</div>'
     r = report or {}
     ppl = r.get("perplexity") or {}
-    d = _num(ppl.get("dense", dense_ppl))
-    p = _num(ppl.get("pruned", pruned_ppl))
+    d = finite(ppl.get("dense", dense_ppl))
+    p = finite(ppl.get("pruned", pruned_ppl))
     cards = [_card("dense perplexity", f"{d:.3f}" if d else "…", (r.get("config", {}).get("eval") or {}).get("source", ""))]
     if p is not None and d:
         ratio = p / d
@@ -83,15 +82,15 @@ def metrics_html(report: dict | None, dense_ppl: float | None = None, pruned_ppl
         waiting = report is None and state == "running"
         cards.append(_card("pruned perplexity", "…" if waiting else "–", "" if waiting else (state if report is None else "")))
     if report is not None:
-        sp = _num(r.get("sparsity"))
+        sp = finite(r.get("sparsity"))
         layers = r.get("layers") or []
         lo = min((l.get("sparsity", 0) for l in layers), default=0)
         hi = max((l.get("sparsity", 0) for l in layers), default=0)
         cards.append(_card("achieved sparsity", f"{sp:.2%}" if sp is not None else "–",
                            f"per layer {lo:.1%} – {hi:.1%}" if layers else ""))
         t = r.get("timings") or {}
-        total = _num(t.get("end_to_end")) or sum(v for v in t.values() if isinstance(v, (int, float)))
-        cards.append(_card("time", _fmt_seconds(total), "from cache" if r.get("cached") else f"pruning {_fmt_seconds(_num(t.get('prune_total')))}"))
+        total = finite(t.get("end_to_end")) or sum(v for v in t.values() if isinstance(v, (int, float)))
+        cards.append(_card("time", _fmt_seconds(total), "from cache" if r.get("cached") else f"pruning {_fmt_seconds(finite(t.get('prune_total')))}"))
     out = f'<div style="display:flex;gap:10px;flex-wrap:wrap">{"".join(cards)}</div>'
     if report is not None:
         out += timings_html(r.get("timings") or {})
@@ -113,7 +112,7 @@ def timings_html(timings: dict) -> str:
         return ""
 
     def item(k: str) -> str:
-        v = _num(timings.get(k))
+        v = finite(timings.get(k))
         if v is None:
             return ""
         label = PHASE_LABELS.get(k, PRUNE_PARTS.get(k, k))
@@ -121,7 +120,7 @@ def timings_html(timings: dict) -> str:
         if k == "load" and v < 0.05:
             extra = ' <span style="color:#adb5bd">(already in memory)</span>'
         if k == "prune_total":
-            parts = [f"{PRUNE_PARTS[p]} {_fmt_seconds(_num(timings[p]))}" for p in PRUNE_PARTS if _num(timings.get(p)) is not None]
+            parts = [f"{PRUNE_PARTS[p]} {_fmt_seconds(finite(timings[p]))}" for p in PRUNE_PARTS if finite(timings.get(p)) is not None]
             extra = f' <span style="color:#adb5bd">({", ".join(parts)})</span>' if parts else ""
         weight = "font-weight:600;" if k == "end_to_end" else ""
         return (f'<span style="margin-right:14px;white-space:nowrap;{weight}"><span style="color:#868e96">{html.escape(label)}</span> '
