@@ -1,11 +1,13 @@
-"""Command line: ``python -m pruning {run,sweep,export,bench,solvers}`` (installed: ``pruning-lab ...``).
+"""Command line: ``python -m pruning {run,sweep,export,bench-sparse,bench,solvers}`` (installed: ``pruning-lab ...``).
 
 Every default shown by ``--help`` is read from ``PruneConfig``, ``CalibConfig.for_device`` /
 ``EvalConfig.for_device`` and the solver registry; a sweep is ``config.sweep_configs`` (as in the app).
 
     python -m pruning run --solver sparsegpt --sparsity 0.5 --pattern 2:4 --json out.json
     python -m pruning sweep --solvers wanda,sparsegpt,admm --sparsities 0.5,0.6,0.7 --patterns unstructured,2:4
-    python -m pruning export --solver admm --sparsity 0.5 --save pruned-model/
+    python -m pruning run --solver admm --sparsity 0.5 --save pruned-model/     # prune, then save with a model card
+    python -m pruning export RUN_ID pruned-model/                               # a finished run of the result store
+    python -m pruning bench-sparse       # what 2:4 buys on this machine (dense vs semi-structured matmuls)
     python -m pruning solvers            # every solver, its options and defaults
 """
 from __future__ import annotations
@@ -100,6 +102,13 @@ def _common(p: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--prompt", action="append", default=None,
                    help=f"generation prompt, repeatable (default: {' | '.join(d.prompts)})".replace("%", "%%"))
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="tokens generated per prompt")
+    p.add_argument("--zeroshot", default="", metavar="TASKS",
+                   help="zero-shot accuracy with lm-eval, dense and pruned: comma-separated tasks; offline: "
+                        "wiki-lastword; with the hub: boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge, "
+                        "openbookqa (needs: pip install -r requirements-eval.txt)")
+    p.add_argument("--zeroshot-limit", type=int, default=d.eval.zeroshot_limit, help="items per zero-shot task, 0 = all")
+    p.add_argument("--eval-kl", action="store_true",
+                   help="also measure KL(dense ‖ pruned) of the next-token distributions and top-1 agreement")
     p.add_argument("--quiet", action="store_true", help="no per-block lines")
     return _solver_option_args(p)
 
@@ -112,7 +121,8 @@ def _config(a, options: dict, **fields) -> PruneConfig:
     """The config of the flags: device-dependent sizes (``for_device``) where a size flag is not given."""
     calib = CalibConfig.for_device(a.device, source=a.calib, nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed)
     evalc = EvalConfig.for_device(a.device, source=a.eval_source or a.calib, windows=a.eval_windows,
-                                  seqlen=a.eval_seqlen if a.eval_seqlen is not None else calib.seqlen)
+                                  seqlen=a.eval_seqlen if a.eval_seqlen is not None else calib.seqlen,
+                                  zeroshot=tuple(_items(a.zeroshot)), zeroshot_limit=a.zeroshot_limit, kl=a.eval_kl)
     return PruneConfig(
         model=a.model, options=options, calib=calib, eval=evalc,
         device=a.device, dtype=a.dtype, true_sequential=a.true_sequential, batch_size=a.batch_size,
@@ -166,6 +176,15 @@ def _print_report(r: dict) -> None:
     print("time per phase: " + ", ".join(f"{k} {v:.1f}s" for k, v in r["timings"].items()))
     for g in r["generations"]:
         print(f"\n> {g['prompt']}\n  dense : {g['dense']!r}\n  pruned: {g['pruned']!r}")
+    drift = r.get("drift")
+    if drift:
+        print(f"drift from dense: KL {drift['kl']:.4f} nats/token, top-1 agreement {drift['top1_agreement']:.2%}"
+              f" ({drift['tokens']} tokens)")
+    for task, res in (r.get("zeroshot") or {}).items():
+        d, q = res.get("dense", {}), res.get("pruned", {})
+        print(f"zero-shot {task}: acc dense {d.get('acc', float('nan')):.4f}  pruned {q.get('acc', float('nan')):.4f}"
+              f"  ({q.get('n', '?')} items)")
+    print(f"run id {r.get('run_id', '')}  (python -m pruning export {r.get('run_id', 'RUN_ID')} OUT_DIR)")
     for w in r["warnings"]:
         print(f"warning: {w}")
 
@@ -214,10 +233,40 @@ def cmd_run(a, opt_names) -> int:
         _write_json(a.json, report)
         print(f"\nreport written to {a.json}")
     if a.save:
-        from .models import save_pretrained
+        from .export import write_export
 
-        save_pretrained(model, tok, a.save)
-        print(f"pruned model saved to {a.save} (reload with AutoModelForCausalLM.from_pretrained)")
+        out = write_export(model, tok, report, a.save, overwrite=a.overwrite)
+        print(f"pruned model saved to {out} with a model card (reload with AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from .export import export_run
+    from .results import ResultStore
+
+    store = ResultStore()
+    try:
+        out = export_run(a.run_id, a.out_dir, store=store, overwrite=a.overwrite, on_event=Progress(a.quiet))
+    finally:
+        store.close()
+    print(f"exported run {a.run_id} to {out} (safetensors, tokenizer, README.md model card)")
+    return 0
+
+
+def cmd_bench_sparse(a) -> int:
+    from .sparse_bench import SMOLLM2_SHAPES, bench_sparse, format_table, model_shapes, save_measurement
+
+    shapes = SMOLLM2_SHAPES
+    if a.model != DEFAULTS.model:
+        from .api import get_model
+
+        shapes = model_shapes(get_model(a.model, "cpu", "float32")[0])
+    res = bench_sparse(shapes, tokens=a.tokens, device=a.device)
+    print(format_table(res))
+    path = save_measurement(res)
+    if a.json:
+        _write_json(a.json, res)
+    print(f"\nmeasurement saved to {path} (the app's About tab shows it)", file=sys.stderr)
     return 0
 
 
@@ -308,18 +357,23 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                                 formatter_class=_Help)
     sub = p.add_subparsers(dest="cmd", required=True)
     pr = sub.add_parser("run", help="prune once, evaluate, generate", formatter_class=_Help)
-    ex = sub.add_parser("export", help="prune and save_pretrained the pruned model (same flags as run; --save required)",
+    ex = sub.add_parser("export", help="export a finished run of the result store: safetensors + tokenizer + model card",
                         formatter_class=_Help)
-    for q in (pr, ex):
+    ex.add_argument("run_id", metavar="RUN_ID", help="the run id shown in the Compare table and as run_id in reports")
+    ex.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (must be empty or absent)")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    ex.add_argument("--quiet", action="store_true", help="no per-block lines while the run is rebuilt")
+    for q in (pr,):
         q.add_argument("--solver", default=d.solver, help=f"one of: {', '.join(SOLVERS.names())}")
         q.add_argument("--sparsity", type=float, default=d.sparsity, help="fraction pruned, in [0, 1) (N:M fixes it to N/M)")
         q.add_argument("--pattern", default=d.pattern,
                        help=f"{', '.join(PATTERNS[:2])}, or N:M such as 2:4, 4:8 (N pruned of each M)")
         q.add_argument("--update", default=d.update, help=f"weight update after a mask solver: {', '.join(UPDATES.names())}")
         q.add_argument("--json", default=None, help="write the full report here")
-        q.add_argument("--save", default=None, help="save_pretrained the pruned model (and tokenizer) to this directory")
+        q.add_argument("--save", default=None,
+                       help="save the pruned model, its tokenizer and a model card to this directory (atomic)")
+        q.add_argument("--overwrite", action="store_true", help="let --save replace a non-empty directory")
     opt_names = _common(pr)
-    _common(ex)
     sw = sub.add_parser("sweep", help="solvers × updates × patterns × sparsities; prints a table", formatter_class=_Help)
     sw.add_argument("--solvers", default="magnitude,wanda,sparsegpt",
                     help="comma-separated; a mask solver may carry its own update: wanda+admm, sparsefw+sparsegpt")
@@ -333,6 +387,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     sw.add_argument("--resume", action="store_true", help="reuse the stored result of a run already in the result cache")
     _common(sw)
     sub.add_parser("solvers", help="list solvers and their options")
+    bs = sub.add_parser("bench-sparse", help="time dense vs 2:4 semi-structured sparse matmuls for a model's layer shapes",
+                        formatter_class=_Help)
+    bs.add_argument("--model", default=d.model, help="whose layer shapes (default: the embedded SmolLM2)")
+    bs.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    bs.add_argument("--tokens", type=int, default=2048, help="rows of the activation matrix")
+    bs.add_argument("--json", default=None, help="also write the measurement here")
     bn = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (a source checkout only)")
     bn.add_argument("name", help="pipeline, solvers, ... (benchmarks/bench_NAME.py)")
     bn.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the script")
@@ -347,9 +407,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_solvers(a)
         if a.cmd == "bench":
             return cmd_bench(a, p)
-        if a.cmd == "export" and not a.save:
-            p.error("export: --save DIR is required")
-        if a.cmd in ("run", "export"):
+        if a.cmd == "export":
+            return cmd_export(a)
+        if a.cmd == "bench-sparse":
+            return cmd_bench_sparse(a)
+        if a.cmd == "run":
             return cmd_run(a, opt_names)
         return cmd_sweep(a, opt_names)
     except InputError as e:

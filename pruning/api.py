@@ -78,7 +78,7 @@ def _dense_cache_path(key: str):
 
 def dense_baseline(config: PruneConfig, model, tokenizer, fingerprint: str, eval_ids: torch.Tensor, cancel=None) -> dict:
     """Dense perplexity and generations, cached in memory and on disk per model + evaluation + prompts."""
-    blob = json.dumps({"fp": fingerprint, "eval": config.to_dict()["eval"], "dtype": str(next(model.parameters()).dtype),
+    blob = json.dumps({"fp": fingerprint, "eval": config.eval.key_dict(), "dtype": str(next(model.parameters()).dtype),
                        "dev": next(model.parameters()).device.type, "prompts": list(config.prompts),
                        "new": config.max_new_tokens, "n": int(eval_ids.shape[0])}, sort_keys=True)
     key = hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -126,6 +126,10 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
 
         validate_model_for_pattern(model, config.pattern)
         c, e = config.calib, config.eval
+        if e.zeroshot:
+            from .zeroshot import check_tasks
+
+            check_tasks(list(e.zeroshot))  # lm-eval present, hub tasks only with the hub: before any work
         t0 = time.perf_counter()
         calib_ids = calibration_windows_for(tok, c)
         eval_ids = eval_windows(tok, source=e.source, seqlen=e.seqlen, max_windows=e.windows)
@@ -156,8 +160,22 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
         for p, d, q in zip(config.prompts, dense["generations"], gens_p):
             generations.append({"prompt": p, "dense": d, "pruned": q})
             emit(ev.Generated(p, d, q))
+        extras = {}
+        if e.kl:
+            from .drift import kl_drift
+
+            emit(ev.PhaseStarted("drift", f"KL(dense ‖ pruned) over {eval_ids.shape[0]} windows"))
+            t0 = time.perf_counter()
+            extras["drift"] = kl_drift(model, pruned, eval_ids, cancel=cancel)
+            timings["drift"] = time.perf_counter() - t0
+        if e.zeroshot:
+            emit(ev.PhaseStarted("zero-shot", f"{', '.join(e.zeroshot)} (lm-eval), dense and pruned"))
+            t0 = time.perf_counter()
+            extras["zeroshot"] = zeroshot_dense_pruned(config, model, pruned, tok, fp, cancel)
+            timings["zeroshot"] = time.perf_counter() - t0
         timings = {k: round(v, 4) for k, v in timings.items()}
-        timings["end_to_end"] = round(sum(timings[k] for k in ("load", "data", "dense_eval", "copy", "prune_total", "pruned_eval", "generate")), 4)
+        timings["end_to_end"] = round(sum(timings.get(k, 0.0) for k in ("load", "data", "dense_eval", "copy", "prune_total",
+                                                                        "pruned_eval", "generate", "drift", "zeroshot")), 4)
         n_params = sum(p.numel() for p in model.parameters())
         report = {
             "config": config.to_dict(),
@@ -175,7 +193,9 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
             "evaluation": {"windows": int(eval_ids.shape[0]), "seqlen": int(eval_ids.shape[1])},
             "warnings": rep["warnings"],
             "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            **extras,
         }
+        report["run_id"] = run_id(report)
         _observe(config, model, timings)
         emit(ev.JobFinished(report))
         if keep_model:
@@ -187,6 +207,40 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
     except Exception as exc:
         emit(ev.JobFailed(user_message(exc), kind=error_kind(exc)))
         raise
+
+
+def run_id(report: dict) -> str:
+    """The id of a finished run (Compare table, ``python -m pruning export RUN_ID DIR``): config key + model."""
+    from .export import run_id_of
+
+    return run_id_of({k: v for k, v in report.items() if k != "run_id"})
+
+
+def zeroshot_dense_pruned(config: PruneConfig, model, pruned, tokenizer, fingerprint: str, cancel=None) -> dict:
+    """``{task: {"dense": {...}, "pruned": {...}}}``; the dense side cached per model + tasks + limit (like the
+    dense perplexity)."""
+    from .zeroshot import evaluate_zeroshot
+
+    e = config.eval
+    limit = e.zeroshot_limit or None
+    blob = json.dumps({"fp": fingerprint, "tasks": list(e.zeroshot), "limit": limit,
+                       "dtype": str(next(model.parameters()).dtype), "v": 1}, sort_keys=True)
+    path = _dense_cache_path("zeroshot-" + hashlib.sha256(blob.encode()).hexdigest()[:20])
+    dense = None
+    if path.exists():
+        try:
+            dense = json.loads(path.read_text())
+        except (OSError, ValueError):
+            dense = None
+    if dense is None:
+        dense = evaluate_zeroshot(model, tokenizer, list(e.zeroshot), limit=limit)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dense))
+        os.replace(tmp, path)
+    if cancel is not None and cancel.is_set():
+        raise ev.Cancelled("cancelled by the user")
+    sparse = evaluate_zeroshot(pruned, tokenizer, list(e.zeroshot), limit=limit)
+    return {t: {"dense": dense.get(t, {}), "pruned": sparse.get(t, {})} for t in e.zeroshot}
 
 
 def model_info(model_id: str, device: str = "auto", dtype: str = "auto") -> dict:

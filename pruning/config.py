@@ -84,6 +84,9 @@ class EvalConfig:
     source: str = "wiki-sample"
     windows: int = CPU_SIZES[2]
     seqlen: int = CPU_SIZES[1]
+    zeroshot: tuple = ()        # lm-eval tasks, dense and pruned (pruning.zeroshot); () = none
+    zeroshot_limit: int = 100   # items per zero-shot task; 0 = all
+    kl: bool = False            # KL(dense ‖ pruned) and top-1 agreement over the evaluation windows
 
     @classmethod
     def for_device(cls, device="auto", **changes) -> "EvalConfig":
@@ -95,6 +98,26 @@ class EvalConfig:
     def __post_init__(self):
         object.__setattr__(self, "windows", _check_int("eval_windows", self.windows, 0, 1_000_000))
         object.__setattr__(self, "seqlen", _check_int("eval_seqlen", self.seqlen, 8, 1 << 17))
+        from .zeroshot import parse_tasks  # torch-free
+
+        try:
+            tasks = parse_tasks(self.zeroshot)
+        except (TypeError, ValueError):
+            raise ConfigError(f"zeroshot: expected task names such as 'wiki-lastword', got {self.zeroshot!r}") from None
+        object.__setattr__(self, "zeroshot", tuple(tasks))
+        object.__setattr__(self, "zeroshot_limit", _check_int("zeroshot_limit", self.zeroshot_limit, 0, 1_000_000))
+        if not isinstance(self.kl, bool):
+            raise ConfigError(f"kl: expected true/false, got {self.kl!r}")
+
+    def key_dict(self) -> dict:
+        """The fields that change a result; the optional extras only when asked for, so configs written before
+        they existed keep their keys (and their stored results)."""
+        d = asdict(self)
+        d["zeroshot"] = list(self.zeroshot)
+        for name, default in (("zeroshot", []), ("zeroshot_limit", 100), ("kl", False)):
+            if d[name] == default or (name == "zeroshot_limit" and not self.zeroshot):
+                d.pop(name)
+        return d
 
 
 @dataclass(frozen=True)
@@ -175,6 +198,7 @@ class PruneConfig:
         d = asdict(self)
         d["options"] = dict(self.options)
         d["prompts"] = list(self.prompts)
+        d["eval"]["zeroshot"] = list(self.eval.zeroshot)
         return d
 
     @classmethod
@@ -186,6 +210,7 @@ class PruneConfig:
     def key(self) -> str:
         """Stable hash of the canonical JSON of everything that changes the result (+ schema version)."""
         d = self.to_dict()
+        d["eval"] = self.eval.key_dict()
         blob = json.dumps({"v": SCHEMA_VERSION, **d}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

@@ -64,6 +64,10 @@ class ResultStore:
         rep.pop("cached", None)
         rep.pop("precomputed", None)
         rep["stored_at"] = time.time()
+        if not rep.get("run_id"):
+            from .export import run_id_of
+
+            rep["run_id"] = run_id_of(rep)
         key = run_key(config_key, fingerprint)
         with self._cache.transact():
             self._cache.set(key, rep)

@@ -102,10 +102,8 @@ def format_table(res: dict) -> str:
 
 
 def last_measurement_path() -> Path:
-    try:
-        from .paths import cache_dir
-    except ImportError:
-        from .models import cache_dir
+    from .settings import cache_dir
+
     return Path(cache_dir()) / "bench-sparse.json"
 
 

@@ -73,15 +73,9 @@ def check_tasks(tasks: list[str], hub_reachable: bool | None = None) -> list[str
 
 
 def _hub_reachable() -> bool:
-    for mod in ("paths", "models"):
-        try:
-            m = __import__(f"pruning.{mod}", fromlist=["x"])
-        except ImportError:
-            continue
-        fn = getattr(m, "hub_reachable", None) or getattr(m, "_hub_reachable", None)
-        if fn is not None:
-            return bool(fn())
-    return False
+    from .settings import hub_offline, hub_reachable
+
+    return not hub_offline() and hub_reachable()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -107,10 +101,8 @@ def lastword_items(documents: list[str], limit: int | None = None) -> list[dict]
 
 
 def task_dir() -> Path:
-    try:
-        from .paths import cache_dir
-    except ImportError:
-        from .models import cache_dir
+    from .settings import cache_dir
+
     return Path(cache_dir()) / "lm-eval" / f"wiki-lastword-v{TASK_VERSION}"
 
 

@@ -178,3 +178,49 @@ def test_bench_sparse_on_cpu_reports_no_kernel_without_failing(tmp_path):
     assert "no semi-structured" in format_table(res)
     p = save_measurement(res, tmp_path / "b.json")
     assert load_measurement(p) == res and load_measurement(tmp_path / "missing.json") is None
+
+
+def _cli(*args, env=None, timeout=600):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-m", "pruning", *args], cwd=root, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+def test_cli_run_save_then_export_by_run_id(tiny_dir, tmp_path):
+    env = {"PRUNING_LAB_CACHE": str(tmp_path / "cache")}
+    common = ["--model", tiny_dir, "--calib", "pydoc", "--nsamples", "4", "--seqlen", "64", "--eval-windows", "3",
+              "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "2", "--batch-size", "2", "--quiet"]
+    r = _cli("run", "--solver", "wanda", "--sparsity", "0.5", *common, "--eval-kl", "--json",
+             str(tmp_path / "r.json"), "--save", str(tmp_path / "saved"), env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["run_id"] == run_id_of({k: v for k, v in rep.items() if k != "run_id"})
+    assert 0 <= rep["drift"]["kl"] and 0 <= rep["drift"]["top1_agreement"] <= 1
+    assert "top-1 agreement" in r.stdout and f"run id {rep['run_id']}" in r.stdout
+    meta, body = front_matter((tmp_path / "saved" / "README.md").read_text())
+    assert meta["tags"][:2] == ["pruned", "wanda"] and "top-1 agreement" in body
+    # the same run again from the store, by its run id (a unique prefix is enough)
+    r2 = _cli("export", rep["run_id"][:12], str(tmp_path / "exported"), "--quiet", env=env)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(tmp_path / "saved" / "model.safetensors")), load_file(str(tmp_path / "exported" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a target that exists and an unknown run id: clear messages, exit 2, nothing written
+    r3 = _cli("export", rep["run_id"], str(tmp_path / "exported"), env=env)
+    assert r3.returncode == 2 and "not empty" in r3.stderr and "--overwrite" in r3.stderr
+    r4 = _cli("export", rep["run_id"][:-3] + "zzz", str(tmp_path / "nothing"), env=env)
+    assert r4.returncode == 2 and "close matches: " + rep["run_id"] in r4.stderr
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_cli_zeroshot_offline_refuses_hub_tasks_before_any_work(tiny_dir, tmp_path):
+    env = {"PRUNING_LAB_CACHE": str(tmp_path / "cache"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    r = _cli("run", "--model", tiny_dir, "--calib", "pydoc", "--nsamples", "2", "--seqlen", "32",
+             "--zeroshot", "wiki-lastword,boolq", "--device", "cpu", env=env, timeout=300)
+    assert r.returncode == 2
+    assert "boolq need the Hugging Face hub" in r.stderr and "offline, use: wiki-lastword" in r.stderr
+    assert "Traceback" not in r.stderr
