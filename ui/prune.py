@@ -277,7 +277,7 @@ class PruneTab(Tab):
         if self._stored(cfg):
             return "In the cache: **instant** (this configuration has run before; its stored result is shown)"
         secs = engine.estimate(cfg, device=dev)
-        extra = [] if self._dense_known(cfg) else ["plus the dense model's evaluation on the first run with these settings"]
+        extra = [] if self._dense_known(cfg) else ["plus the dense model's evaluation if it has not run with these settings yet"]
         note = engine.first_use_note(cfg.model)
         if note:
             extra.append(note)
