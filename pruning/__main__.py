@@ -21,6 +21,7 @@ import sys
 import threading
 from pathlib import Path
 
+from .allocation import ALLOCATIONS
 from . import events as ev
 from .config import (CALIB_SOURCES, CPU_SIZES, DEVICES, DTYPES, GPU_SIZES, CalibConfig, EvalConfig, PruneConfig,
                      method_label, sweep_configs)
@@ -102,6 +103,11 @@ def _common(p: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--prompt", action="append", default=None,
                    help=f"generation prompt, repeatable (default: {' | '.join(d.prompts)})".replace("%", "%%"))
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="tokens generated per prompt")
+    p.add_argument("--allocation", default=d.allocation, choices=list(ALLOCATIONS),
+                   help="per-layer sparsity targets: uniform (every layer at --sparsity), owl (outlier-weighted, "
+                        "per block), curve (from each layer's error-vs-sparsity curve); the total stays exact")
+    p.add_argument("--owl-m", type=float, default=d.owl_m, help="OWL: outlier threshold, a multiple of the mean score")
+    p.add_argument("--owl-lambda", type=float, default=d.owl_lambda, help="OWL: spread of the block sparsities (2λ wide)")
     p.add_argument("--zeroshot", default="", metavar="TASKS",
                    help="zero-shot accuracy with lm-eval, dense and pruned: comma-separated tasks; offline: "
                         "wiki-lastword; with the hub: boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge, "
@@ -126,7 +132,8 @@ def _config(a, options: dict, **fields) -> PruneConfig:
     return PruneConfig(
         model=a.model, options=options, calib=calib, eval=evalc,
         device=a.device, dtype=a.dtype, true_sequential=a.true_sequential, batch_size=a.batch_size,
-        prompts=tuple(a.prompt) if a.prompt else DEFAULTS.prompts, max_new_tokens=a.max_new_tokens, **fields,
+        prompts=tuple(a.prompt) if a.prompt else DEFAULTS.prompts, max_new_tokens=a.max_new_tokens,
+        allocation=a.allocation, owl_m=a.owl_m, owl_lambda=a.owl_lambda, **fields,
     )
 
 

@@ -184,7 +184,8 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
             "perplexity": {"dense": dense["ppl"], "pruned": ppl},
             "dense_cached": bool(dense.get("cached")),
             "sparsity": rep["sparsity"],
-            "layers": [{k: l[k] for k in ("block", "name", "rel_error", "sparsity", "seconds")} for l in rep["layers"]],
+            "layers": [{k: l[k] for k in ("block", "name", "rel_error", "sparsity", "seconds", "target") if k in l}
+                       for l in rep["layers"]],
             "timings": timings,
             "generations": generations,
             "device": str(next(model.parameters()).device),
@@ -211,7 +212,7 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
 
 def run_id(report: dict) -> str:
     """The id of a finished run (Compare table, ``python -m pruning export RUN_ID DIR``): config key + model."""
-    from .export import run_id_of
+    from .results import run_id_of
 
     return run_id_of({k: v for k, v in report.items() if k != "run_id"})
 
@@ -286,3 +287,24 @@ def _observe(config: PruneConfig, model, timings: dict) -> None:
 
     p = next(model.parameters())
     cost_model.observe(config, timings, cost_model.model_shape(model), str(p.device), p.dtype)
+
+
+def estimate_phases(config: PruneConfig, device: str | None = None) -> dict:
+    """Predicted seconds per phase of ``run_job(config)`` (the cost model's breakdown of ``estimate_seconds``)."""
+    from . import cost_model
+
+    return cost_model.phase_seconds(config)
+
+
+def embedded_model_ready() -> bool:
+    """True once the embedded model has been converted to its cached copy (the first use converts it, ~1 min)."""
+    from .models import embedded_model_dir
+
+    return (embedded_model_dir() / "config.json").is_file()
+
+
+def check_text_source(source: str, split: str = "calib") -> None:
+    """Raise the data layer's error (naming the field) if ``source`` yields no text; cheap for named sources."""
+    from .data import load_documents
+
+    load_documents(source, split)

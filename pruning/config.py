@@ -136,6 +136,9 @@ class PruneConfig:
     batch_size: int = 8
     prompts: tuple = DEFAULT_PROMPTS
     max_new_tokens: int = 24
+    allocation: str = "uniform"  # per-layer sparsity targets: uniform, owl, curve (pruning.allocation)
+    owl_m: float = 5.0           # OWL: outlier threshold, a multiple of the mean Wanda score
+    owl_lambda: float = 0.08     # OWL: spread of the block sparsities (width 2λ)
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
@@ -183,6 +186,7 @@ class PruneConfig:
             object.__setattr__(self, "calib", CalibConfig(**self.calib))
         if isinstance(self.eval, dict):
             object.__setattr__(self, "eval", EvalConfig(**self.eval))
+        self._check_allocation()
 
     @property
     def option_dict(self) -> dict:
@@ -211,11 +215,32 @@ class PruneConfig:
         """Stable hash of the canonical JSON of everything that changes the result (+ schema version)."""
         d = self.to_dict()
         d["eval"] = self.eval.key_dict()
+        if self.allocation == "uniform":  # configs written before allocations existed keep their keys
+            for name in ("allocation", "owl_m", "owl_lambda"):
+                d.pop(name)
+        elif self.allocation != "owl":
+            d.pop("owl_m"), d.pop("owl_lambda")
         blob = json.dumps({"v": SCHEMA_VERSION, **d}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def replace(self, **changes) -> "PruneConfig":
         return replace(self, **changes)
+
+    def _check_allocation(self) -> None:
+        from .allocation import AllocationError, check_allocation  # torch only at call time
+
+        for name in ("owl_m", "owl_lambda"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{name}: expected a number, got {v!r}")
+            object.__setattr__(self, name, float(v))
+        try:
+            check_allocation(self.allocation, self.sparsity, self.pattern, self.owl_m, self.owl_lambda)
+        except AllocationError as e:
+            raise ConfigError(str(e)) from None
+        if self.allocation != "uniform" and SOLVERS.get(self.solver).kind == "block":
+            raise ConfigError(f"allocation: {self.allocation!r} sets a sparsity per layer, but {self.solver!r} prunes a "
+                              f"block's FFN jointly at one sparsity; use allocation 'uniform' with {self.solver!r}")
 
     @property
     def method(self) -> str:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import InputError, PruningError
+from .results import run_id_of  # noqa: F401  (re-exported: the run id lives with the store)
 
 # licences of the embedded models (a hub or local model: read from its own card when present)
 EMBEDDED_LICENSES = {"smollm2-135m": "apache-2.0"}
@@ -52,14 +53,6 @@ class ReproductionError(PruningError):
 
 # ---------------------------------------------------------------------------------------------------------------
 # run ids and the store
-
-def run_id_of(report: dict) -> str:
-    """The run id shown in the Compare table and written as ``run_id`` in every report: ``<config key>-<fp[:8]>``."""
-    if report.get("run_id"):
-        return str(report["run_id"])
-    fp = (report.get("model") or {}).get("fingerprint") or "unknown"
-    return f"{report.get('key', '')}-{str(fp)[:8]}"
-
 
 def find_run(run_id: str, runs: list[dict]) -> dict:
     """The report whose run id is ``run_id`` (or a unique prefix of it); ExportError listing close matches."""

@@ -17,12 +17,12 @@ arrays (each solution's boolean ``mask`` and ``weight``, and the ``dense_weight`
 """
 from __future__ import annotations
 
-import collections
 import copy
 import threading
 import time
 from typing import Callable
 
+from .lru import LRU
 from .solve import prune_layer, validate_sparsity
 from .patterns import parse_pattern
 from .solvers import SOLVERS, SolverError
@@ -34,8 +34,8 @@ ITERATIVE = {
     "ADMM-Grad (gradual mask)": ("admm", {}),
 }
 _CAPTURE_LOCK = threading.Lock()
-_PROBLEMS: "collections.OrderedDict[tuple, dict]" = collections.OrderedDict()
 _MAX_CAPTURED_BLOCKS = 4
+_PROBLEMS: LRU = LRU(_MAX_CAPTURED_BLOCKS)  # (model, block, calibration) -> {name: LayerProblem}
 _PRIVATE: dict = {}  # (model, device, dtype) -> (private model copy, tokenizer); one entry
 
 
@@ -60,19 +60,16 @@ def layer_problems(model_id: str, block: int, nsamples: int = 8, seqlen: int = 2
     """{name: LayerProblem} of every linear of ``block`` (dense statistics), cached per arguments."""
     key = (model_id, int(block), int(nsamples), int(seqlen), int(seed), source, device, dtype)
     with _CAPTURE_LOCK:
-        if key in _PROBLEMS:
-            _PROBLEMS.move_to_end(key)
-            return _PROBLEMS[key]
+        hit = _PROBLEMS.get(key)
+        if hit is not None:
+            return hit
         from .data import calibration_windows
         from .pipeline import capture_layer_problems
 
         model, tok = _private_model(model_id, device, dtype)
         windows = calibration_windows(tok, source=source, nsamples=nsamples, seqlen=seqlen, seed=seed)
         probs = capture_layer_problems(model, tok, windows, blocks=[int(block)])
-        _PROBLEMS[key] = {name: p for (b, name), p in probs.items()}
-        while len(_PROBLEMS) > _MAX_CAPTURED_BLOCKS:
-            _PROBLEMS.popitem(last=False)
-        return _PROBLEMS[key]
+        return _PROBLEMS.put(key, {name: p for (b, name), p in probs.items()})
 
 
 def _declared(solver: str, options: dict) -> dict:

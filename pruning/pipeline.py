@@ -382,6 +382,7 @@ class Timings:
     statistics: float = 0.0
     solve: float = 0.0
     propagate: float = 0.0
+    allocation: float = 0.0  # the dense pass of a non-uniform allocation (reported only when one ran)
 
     class _Phase:
         def __init__(self, owner: "Timings", name: str):
@@ -403,6 +404,8 @@ class Timings:
 
     def to_dict(self, total: float) -> dict:
         d = {k: getattr(self, k) for k in ("capture", "calibration_forward", "statistics", "solve", "propagate")}
+        if self.allocation:
+            d["allocation"] = self.allocation
         d["total"] = total
         return {k: round(v, 4) for k, v in d.items()}
 
@@ -422,6 +425,7 @@ class _Run:
     result: "PruneResult"
     saved: list
     timings: Timings
+    targets: dict | None = None  # (block, name) -> sparsity, from the allocation (None: every layer at config.sparsity)
 
 
 def _groups(block: nn.Module, linears: dict[str, Linear], inputs: BlockInputs, true_sequential: bool) -> list[list[str]]:
@@ -447,10 +451,11 @@ def _solve_layers(run: _Run, b: int, names: list[str], sub: dict[str, Linear], g
         def on_iter(rec, name=name):
             run.emit(IterationDone(block=b, name=name, iteration=int(rec.get("iter", 0)), values=dict(rec)))
 
-        sol = solve(problem, cfg.solver, run.pattern, cfg.sparsity, run.s_opts, cfg.update, run.u_opts,
+        target = run.targets[(b, name)] if run.targets else cfg.sparsity
+        sol = solve(problem, cfg.solver, run.pattern, target, run.s_opts, cfg.update, run.u_opts,
                     SolveContext(on_iter, run.warn, memo))
         _write(sub[name], sol, run.saved)
-        _record(run.result, run.emit, b, name, sol)
+        _record(run.result, run.emit, b, name, sol, target if run.targets else None)
 
 
 def ffn_problem(block: nn.Module, inputs: BlockInputs, linears: dict[str, Linear], grams: dict, ffn: FFN,
@@ -597,6 +602,10 @@ def prune_model(
         with run.timings.phase("capture"):
             inputs = capture_inputs(model, windows, config.batch_size)
             _check_finite(inputs.hidden, "the inputs of block 0")
+        if config.allocation != "uniform":
+            emit(PhaseStarted("calibrate", f"allocation {config.allocation}: a dense pass over the calibration windows"))
+            with run.timings.phase("allocation"):
+                run.targets = layer_targets(blocks, inputs, config, pattern, check_cancel)
         emit(PhaseStarted("prune", f"{n_blocks} blocks"))
         for b, block in enumerate(blocks):
             check_cancel()
@@ -620,16 +629,93 @@ def prune_model(
     return result.to_dict()
 
 
+def _column_sq_norms(block: nn.Module, linears: dict[str, Linear], inputs: BlockInputs):
+    """(Σ over calibration tokens of x_j² for every input column of every linear -- the Gram's diagonal, float64 --,
+    the block's outputs), running the dense block once."""
+    acc: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def fn(module, args):
+            x = args[0].detach()
+            x = x.reshape(-1, x.shape[-1]).to(torch.float64)
+            acc[name] = acc.get(name, 0) + x.pow(2).sum(0)
+        return fn
+
+    handles = [lin.module.register_forward_pre_hook(hook(n)) for n, lin in linears.items()]
+    try:
+        outs = run_block(block, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return acc, outs
+
+
+def _wanda_curve(W: torch.Tensor, G: torch.Tensor, pattern, grid: list[float]) -> list[float]:
+    """Relative error of the Wanda mask (no weight update) at each sparsity of ``grid``, from the Gram (float32)."""
+    from .allocation import wanda_scores
+    from .patterns import select_mask
+
+    score = wanda_scores(W, torch.diagonal(G))
+    dense = float(torch.sum((W @ G) * W))
+    out = []
+    for s in grid:
+        E = W * ~select_mask(score, pattern, s)
+        out.append(float(torch.sum((E @ G) * E)) / max(dense, 1e-30))
+    return out
+
+
+def layer_targets(blocks, inputs: BlockInputs, config, pattern, check_cancel: Callable[[], None]) -> dict:
+    """Per-layer sparsity targets of ``config.allocation`` from a dense pass over the calibration inputs (the
+    statistics OWL's official code uses), exact over the whole model (``allocation.exact_counts``).
+
+    owl:   per block, the outlier ratio of the Wanda scores of all its linears -> one sparsity per block.
+    curve: per layer, the Wanda-mask error at a few sparsities around the target (from its Gram) -> the targets
+           minimising the summed error under the budget.
+    """
+    from . import allocation as al
+
+    keys, sizes, block_of, ratios, curves = [], [], [], [], []
+    grid = al.curve_grid(config.sparsity)
+    for b, block in enumerate(blocks):
+        check_cancel()
+        linears = block_linears(block)
+        if config.allocation == "owl":
+            norms, outs = _column_sq_norms(block, linears, inputs)
+            scores = [al.wanda_scores(lin.get_weight().detach().float(), norms[n]) for n, lin in linears.items()]
+            ratios.append(al.outlier_ratio(scores, config.owl_m))
+        else:
+            col, outs = collect_grams(block, linears, inputs)
+            for n, lin in linears.items():
+                curves.append(_wanda_curve(lin.get_weight().detach().float(), col.gram(n)[0], pattern, grid))
+            del col
+        for n, lin in linears.items():
+            keys.append((b, n))
+            sizes.append(lin.get_weight().numel())
+            block_of.append(b)
+        _check_finite(outs, f"the outputs of dense block {b}")
+        inputs = BlockInputs(outs, inputs.args, inputs.kwargs)
+    if config.allocation == "owl":
+        per_block = al.owl_block_sparsities(ratios, config.sparsity, config.owl_lambda)
+        wanted = [per_block[b] for b in block_of]
+    else:
+        wanted = al.curve_sparsities(curves, grid, sizes, config.sparsity)
+    counts = al.exact_counts(wanted, sizes, config.sparsity)
+    return dict(zip(keys, al.counts_to_sparsities(counts, sizes)))
+
+
 def _write(lin: Linear, sol: LayerSolution, saved: list) -> None:
     saved.append((lin, lin.get_weight().detach().clone()))
     lin.set_weight(sol.weight)
 
 
-def _record(result: PruneResult, emit: EventSink, b: int, name: str, sol: LayerSolution) -> None:
+def _record(result: PruneResult, emit: EventSink, b: int, name: str, sol: LayerSolution,
+            target: float | None = None) -> None:
     W = sol.weight
     zeros = int((W == 0).sum())
     rec = {"block": b, "name": name, "rel_error": float(sol.rel_error), "sparsity": zeros / W.numel(),
            "seconds": round(sol.seconds, 5), "zeros": zeros, "numel": W.numel()}
+    if target is not None:
+        rec["target"] = target
     if sol.info:
         rec["info"] = {k: v for k, v in sol.info.items() if isinstance(v, (int, float, str, bool))}
     result.layers.append(rec)

@@ -44,6 +44,15 @@ def run_key(config_key: str, fingerprint: str | None) -> str:
     return f"{_RUN}{config_key}:{fingerprint or 'unknown'}"
 
 
+def run_id_of(report: dict) -> str:
+    """The run id shown in the Compare table and written as ``run_id`` in every report: ``<config key>-<fp[:8]>``."""
+    if report.get("run_id"):
+        return str(report["run_id"])
+    fp = (report.get("model") or {}).get("fingerprint") or "unknown"
+    return f"{report.get('key', '')}-{str(fp)[:8]}"
+
+
+
 class ResultStore:
     """Finished runs on disk. Thread-safe and process-safe (diskcache uses SQLite)."""
 
@@ -65,8 +74,6 @@ class ResultStore:
         rep.pop("precomputed", None)
         rep["stored_at"] = time.time()
         if not rep.get("run_id"):
-            from .export import run_id_of
-
             rep["run_id"] = run_id_of(rep)
         key = run_key(config_key, fingerprint)
         with self._cache.transact():

@@ -100,3 +100,82 @@ def test_bad_allocation_input_is_refused_before_anything_runs():
         check_allocation("owl", 0.5, owl_m=0)
     with pytest.raises(AllocationError, match="needs pattern 'unstructured'"):
         check_allocation("curve", 0.5, "per-row")
+
+
+# ---- in the pipeline (tiny model) -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_and_windows():
+    from pruning.data import calibration_windows
+    from pruning.models import tiny_model
+
+    m, tok = tiny_model("llama", num_hidden_layers=4)
+    return m, tok, calibration_windows(tok, source="pydoc", nsamples=4, seqlen=64)
+
+
+def _prune(tiny_and_windows, **kw):
+    import copy
+
+    from pruning.config import PruneConfig
+    from pruning.pipeline import prune_model
+
+    m, tok, w = tiny_and_windows
+    p = copy.deepcopy(m)
+    return p, prune_model(p, tok, PruneConfig(**kw), windows=w)
+
+
+@pytest.mark.parametrize("allocation", ["owl", "curve"])
+@pytest.mark.parametrize("solver", ["magnitude", "wanda", "sparsegpt", "admm"])
+def test_allocations_prune_exactly_the_global_budget(tiny_and_windows, allocation, solver):
+    s = 0.55
+    _, r = _prune(tiny_and_windows, solver=solver, sparsity=s, allocation=allocation, options={"iters": 4, "gradual_iters": 2} if solver == "admm" else {})
+    zeros, numel = sum(l["zeros"] for l in r["layers"]), sum(l["numel"] for l in r["layers"])
+    assert zeros == math.floor(s * numel + 1e-9)
+    assert all(l["zeros"] == round(l["target"] * l["numel"]) for l in r["layers"])  # each layer hits its target
+    assert len({round(l["target"], 6) for l in r["layers"]}) > 1  # not uniform
+    assert "allocation" in r["timings"]
+
+
+def test_owl_targets_follow_the_outlier_ratios_of_a_dense_pass(tiny_and_windows):
+    """Re-derive OWL's block sparsities independently: dense forward with hooks, |W|·‖X‖, ratio above M·mean."""
+    from pruning.blocks import block_linears, find_blocks
+
+    m, tok, w = tiny_and_windows
+    _, blocks = find_blocks(m)
+    sq = {}
+
+    def hook(key):
+        def fn(mod, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            sq[key] = sq.get(key, 0) + (x * x).sum(0)
+        return fn
+
+    hs = [lin.module.register_forward_pre_hook(hook((b, n))) for b, blk in enumerate(blocks)
+          for n, lin in block_linears(blk).items()]
+    with torch.no_grad():
+        for i in range(w.shape[0]):
+            m(input_ids=w[i:i + 1])
+    for h in hs:
+        h.remove()
+    ratios = []
+    for b, blk in enumerate(blocks):
+        allw = torch.cat([(lin.get_weight().abs().double() * sq[(b, n)].sqrt()).flatten()
+                          for n, lin in block_linears(blk).items()])
+        ratios.append(float((allw > allw.mean() * 5).sum()) / allw.numel() * 100)
+    r = torch.tensor(ratios, dtype=torch.float64)
+    dens = (r - r.min()) / (r.max() - r.min()) * 0.16
+    want = 1 - (dens - dens.mean() + 0.5)
+    _, rep = _prune(tiny_and_windows, solver="wanda", sparsity=0.5, allocation="owl")
+    for l in rep["layers"]:
+        assert l["target"] == pytest.approx(float(want[l["block"]]), abs=2.0 / l["numel"] + 1e-6)
+
+
+def test_uniform_allocation_is_todays_behaviour(tiny_and_windows):
+    from pruning.config import PruneConfig
+
+    _, a = _prune(tiny_and_windows, solver="wanda", sparsity=0.5)
+    _, b = _prune(tiny_and_windows, solver="wanda", sparsity=0.5, allocation="uniform")
+    assert [l["rel_error"] for l in a["layers"]] == [l["rel_error"] for l in b["layers"]]
+    assert "target" not in a["layers"][0] and "allocation" not in a["timings"]
+    assert PruneConfig(allocation="uniform").key() == PruneConfig().key()
+    assert PruneConfig(allocation="owl").key() != PruneConfig().key()

