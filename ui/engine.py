@@ -99,10 +99,12 @@ def device_label(cfg) -> tuple[str, str]:
     return dev.split(":")[0], ("CPU" if dev == "cpu" else dev)
 
 
-def estimate(cfg, device: str | None = None) -> float:
+def estimate(cfg, device: str | None = None) -> float | None:
+    """Predicted seconds, or None when the solver declares no cost entry (the page then says "no estimate")."""
     from pruning.api import estimate_seconds
 
-    return float(estimate_seconds(cfg, device=device))
+    secs = estimate_seconds(cfg, device=device)
+    return None if secs is None else float(secs)
 
 
 def tail_estimate(cfg, total: float | None) -> float | None:

@@ -277,6 +277,8 @@ class PruneTab(Tab):
         if self._stored(cfg):
             return "In the cache: **instant** (this configuration has run before; its stored result is shown)"
         secs = engine.estimate(cfg, device=dev)
+        if secs is None:
+            return f"No time estimate for **{cfg.method}** (its solver declares no cost entry); it runs all the same"
         extra = [] if self._dense_known(cfg) else ["plus the dense model's evaluation if it has not run with these settings yet"]
         note = engine.first_use_note(cfg.model)
         if note:
