@@ -256,7 +256,7 @@ def test_cli_help_shows_every_default_once(capsys):
         assert f"(default: {value})" in after, f"{flag}: {after}"
     assert "(default: 16 on CPU, 128 on GPU)" in text and "(default: 16 on CPU, all on GPU)" in text
     damping = text.split(" --damping V ", 1)[1].split(" --", 1)[0]
-    assert "0.01 for sparsegpt, sparsellm; 0.1 for admm, exact" in damping
+    assert "0.01 for sparsegpt, sparsellm, alps; 0.1 for admm, exact" in damping
     assert damping.count("sparsegpt") == 1 and damping.count("admm") == 1  # each owner once
     assert {"damping", "iters", "alpha"} <= set(opt_names)
 
@@ -289,7 +289,7 @@ def test_pip_install_gives_the_cli_outside_a_checkout(tmp_path):
     p = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                         "--target", str(target), str(src)], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
-    assert (target / "pruning" / "solvers" / "admm.py").is_file() and (target / "ui" / "layout.py").is_file()
+    assert (target / "pruning" / "solvers" / "admm.py").is_file() and (target / "ui" / "prune.py").is_file()
     meta = next(target.glob("pruning_lab-*.dist-info"))
     assert "pruning-lab = pruning.__main__:main" in (meta / "entry_points.txt").read_text()
     pins = [l for l in (ROOT / "requirements.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
