@@ -101,3 +101,11 @@ def test_smollm2_dense_beats_70pct_magnitude_on_wiki_lastword(smollm2):
     sparse = evaluate_zeroshot(pruned, tok, ["wiki-lastword"], limit=100)["wiki-lastword"]
     print("wiki-lastword acc dense", dense["acc"], "magnitude 70%", sparse["acc"])
     assert dense["acc"] > sparse["acc"] and dense["acc"] > 0.1
+
+
+def test_lm_eval_missing_is_a_clear_message(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval -> ImportError
+    with pytest.raises(ZeroShotError, match=r"lm-eval is not installed; install it with: pip install -r requirements-eval.txt"):
+        check_tasks(["wiki-lastword"], hub_reachable=False)
