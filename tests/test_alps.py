@@ -39,7 +39,7 @@ def test_registered_with_official_defaults():
     assert spec.kind == "update" and spec.needs_gram
     assert spec.defaults() == {"max_iter": 300, "rho": 0.1, "update_iter": 3, "switch_iter": 30, "damping": 0.01,
                                "cg_iters": 10, "cg_rtol": 1e-4, "objective_every": 1}
-    assert set(spec.patterns) == {"unstructured", "per-row", "nm"}
+    assert spec.cost is not None  # a cost entry for the time estimate
 
 
 @pytest.mark.parametrize("pattern,s", PATTERNS)
@@ -269,8 +269,9 @@ def test_deterministic():
 
 # ------------------------------------------------------------------------------------ real SmolLM2 layers
 
-REAL_BLOCKS = [1, 15]
-REAL_NAMES = ["self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"]
+# kept small for CI (ALPS runs ~30 iterations + CG per layer); benchmarks/bench_alps.py covers 21 layers
+REAL_BLOCKS = [15]
+REAL_NAMES = ["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"]
 
 
 @pytest.fixture(scope="module")
