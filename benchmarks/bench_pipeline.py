@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pruning.blocks import find_blocks  # noqa: E402
 from pruning.api import cpu_has_native_bf16, estimate_seconds, get_model, run_job  # noqa: E402
-from pruning.config import CalibConfig, EvalConfig, PruneConfig  # noqa: E402
+from pruning.config import CalibConfig, PruneConfig  # noqa: E402
 from pruning.data import calibration_windows  # noqa: E402
 from pruning.pipeline import BlockInputs, capture_inputs, prune_model, run_block  # noqa: E402
 

@@ -30,3 +30,14 @@ def tiny_models(request):
 @pytest.fixture(scope="session")
 def smollm2():
     return load_model("smollm2-135m", device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama saved as a transformers checkpoint (a local model directory, as a user gives one)."""
+    from pruning.models import save_pretrained
+
+    d = tmp_path_factory.mktemp("tiny") / "llama"
+    m, t = tiny_model("llama")
+    save_pretrained(m, t, d)
+    return str(d)

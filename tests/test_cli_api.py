@@ -4,35 +4,14 @@ import json
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 import torch
 
 from pruning import events as ev
 from pruning.config import CalibConfig, ConfigError, EvalConfig, PruneConfig
-from pruning.models import save_pretrained, tiny_model
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny") / "llama"
-    m, t = tiny_model("llama")
-    save_pretrained(m, t, d)
-    return str(d)
-
-
-def small(model: str, **kw) -> PruneConfig:
-    base = dict(model=model, calib=CalibConfig(source="pydoc", nsamples=4, seqlen=64), eval=EvalConfig(source="pydoc", windows=3, seqlen=64),
-                device="cpu", dtype="float32", max_new_tokens=4, batch_size=2)
-    return PruneConfig(**{**base, **kw})
-
-
-def cli(*args, timeout=300, env=None):
-    return subprocess.run([sys.executable, "-m", "pruning", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+from _tiny import ROOT, cli, small  # noqa: E402
 
 
 def test_run_job_report_and_events(tiny_dir):

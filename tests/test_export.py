@@ -1,31 +1,14 @@
 """Export: save_pretrained + model card, atomic; re-built from the result store with a bit-for-bit check."""
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
-from pruning.config import CalibConfig, EvalConfig, PruneConfig
 from pruning.export import (ExportError, ReproductionError, check_reproduced, export_run, find_run, model_card,
                             run_id_of, write_export, zip_folder)
-from pruning.models import save_pretrained, tiny_model
 from pruning.results import ResultStore
 
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny") / "llama"
-    m, t = tiny_model("llama")
-    save_pretrained(m, t, d)
-    return str(d)
-
-
-def small(model: str, **kw) -> PruneConfig:
-    base = dict(model=model, calib=CalibConfig(source="pydoc", nsamples=4, seqlen=64),
-                eval=EvalConfig(source="pydoc", windows=3, seqlen=64), device="cpu", dtype="float32",
-                max_new_tokens=4, batch_size=2)
-    return PruneConfig(**{**base, **kw})
+from _tiny import cli, small
 
 
 def front_matter(text: str):
@@ -180,20 +163,11 @@ def test_bench_sparse_on_cpu_reports_no_kernel_without_failing(tmp_path):
     assert load_measurement(p) == res and load_measurement(tmp_path / "missing.json") is None
 
 
-def _cli(*args, env=None, timeout=600):
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parent.parent
-    return subprocess.run([sys.executable, "-m", "pruning", *args], cwd=root, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
-
-
 def test_cli_run_save_then_export_by_run_id(tiny_dir, tmp_path):
     env = {"PRUNING_LAB_CACHE": str(tmp_path / "cache")}
     common = ["--model", tiny_dir, "--calib", "pydoc", "--nsamples", "4", "--seqlen", "64", "--eval-windows", "3",
               "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "2", "--batch-size", "2", "--quiet"]
-    r = _cli("run", "--solver", "wanda", "--sparsity", "0.5", *common, "--eval-kl", "--json",
+    r = cli("run", "--solver", "wanda", "--sparsity", "0.5", *common, "--eval-kl", "--json",
              str(tmp_path / "r.json"), "--save", str(tmp_path / "saved"), env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads((tmp_path / "r.json").read_text())
@@ -203,23 +177,23 @@ def test_cli_run_save_then_export_by_run_id(tiny_dir, tmp_path):
     meta, body = front_matter((tmp_path / "saved" / "README.md").read_text())
     assert meta["tags"][:2] == ["pruned", "wanda"] and "top-1 agreement" in body
     # the same run again from the store, by its run id (a unique prefix is enough)
-    r2 = _cli("export", rep["run_id"][:12], str(tmp_path / "exported"), "--quiet", env=env)
+    r2 = cli("export", rep["run_id"][:12], str(tmp_path / "exported"), "--quiet", env=env)
     assert r2.returncode == 0, r2.stderr[-2000:]
     from safetensors.torch import load_file
 
     a, b = load_file(str(tmp_path / "saved" / "model.safetensors")), load_file(str(tmp_path / "exported" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # a target that exists and an unknown run id: clear messages, exit 2, nothing written
-    r3 = _cli("export", rep["run_id"], str(tmp_path / "exported"), env=env)
+    r3 = cli("export", rep["run_id"], str(tmp_path / "exported"), env=env)
     assert r3.returncode == 2 and "not empty" in r3.stderr and "--overwrite" in r3.stderr
-    r4 = _cli("export", rep["run_id"][:-3] + "zzz", str(tmp_path / "nothing"), env=env)
+    r4 = cli("export", rep["run_id"][:-3] + "zzz", str(tmp_path / "nothing"), env=env)
     assert r4.returncode == 2 and "close matches: " + rep["run_id"] in r4.stderr
     assert not (tmp_path / "nothing").exists()
 
 
 def test_cli_zeroshot_offline_refuses_hub_tasks_before_any_work(tiny_dir, tmp_path):
     env = {"PRUNING_LAB_CACHE": str(tmp_path / "cache"), "HF_ENDPOINT": "http://127.0.0.1:9"}
-    r = _cli("run", "--model", tiny_dir, "--calib", "pydoc", "--nsamples", "2", "--seqlen", "32",
+    r = cli("run", "--model", tiny_dir, "--calib", "pydoc", "--nsamples", "2", "--seqlen", "32",
              "--zeroshot", "wiki-lastword,boolq", "--device", "cpu", env=env, timeout=300)
     assert r.returncode == 2
     assert "boolq need the Hugging Face hub" in r.stderr and "offline, use: wiki-lastword" in r.stderr

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pruning import prune_layer, rel_error
+from pruning import prune_layer
 from pruning.solvers.base import split_options
 from pruning.patterns import parse_pattern
 from pruning.solvers import SOLVERS, SolverError

@@ -7,7 +7,7 @@ import torch
 
 from pruning.drift import kl_drift
 from pruning.models import tiny_model
-from pruning.zeroshot import (LOCAL_TASKS, ZeroShotError, build_local_task, check_tasks, evaluate_zeroshot,
+from pruning.zeroshot import (ZeroShotError, build_local_task, check_tasks, evaluate_zeroshot,
                               lastword_items, parse_tasks)
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval not installed (pip install -r requirements-eval.txt)")

@@ -120,7 +120,6 @@ def _prepare(G: torch.Tensor, damping: float, ctx: SolveContext):
     mean_diag = float(torch.diagonal(G).mean())
     scale = mean_diag if mean_diag > 0 else 1.0  # an all-zero Gram: any support is exact; keep the maths defined
     damp = float(damping)
-    eye = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
     for attempt in range(_MAX_DAMP_RAISES + 1):
         lam = damp * scale
         d = torch.diagonal(G).clamp_min(0).add(lam).sqrt() + _EPS_NORM  # (d_in,)

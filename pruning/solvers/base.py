@@ -29,7 +29,6 @@ from typing import Any, Callable
 import torch
 
 from ..errors import InputError, NumericalError  # noqa: F401  (re-exported)
-from ..patterns import Pattern
 
 SOLVE_DTYPE = torch.float32
 
