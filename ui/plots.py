@@ -159,8 +159,32 @@ def layer_error_figure(layers: list[dict], n_blocks: int | None = None, title: s
     if nb <= 32:
         xaxis["dtick"] = 1
     yaxis = dict(title=dict(text="relative error"), type="log" if log_y else "linear", rangemode="tozero")
+    layout = dict(barmode="group", bargap=0.15, bargroupgap=0.05, xaxis=xaxis, yaxis=yaxis)
+    targets = target_by_block(layers)
+    if targets:  # a non-uniform allocation: its per-block target sparsity as a line on a second axis
+        data.append(target_trace(targets, yaxis="y2"))
+        layout["yaxis2"] = dict(title=dict(text="target sparsity"), overlaying="y", side="right", tickformat=".0%",
+                                rangemode="tozero", showgrid=False)
+        layout["legend"] = dict(orientation="h", y=-0.2)
     # rebuilt several times a second while a job runs: built from plain dicts, without plotly's validation
-    return _unvalidated(data, dict(barmode="group", bargap=0.15, bargroupgap=0.05, xaxis=xaxis, yaxis=yaxis), title, height)
+    return _unvalidated(data, layout, title, height)
+
+
+def target_by_block(layers: list[dict]) -> dict[int, float]:
+    """{block: mean per-layer target sparsity} of a run whose report has targets (non-uniform allocation), else {}."""
+    acc: dict[int, list[float]] = {}
+    for l in layers:
+        t = finite(l.get("target"))
+        if t is not None:
+            acc.setdefault(int(l["block"]), []).append(t)
+    return {b: sum(v) / len(v) for b, v in sorted(acc.items())}
+
+
+def target_trace(targets: dict[int, float], yaxis: str = "y2", name: str = "target sparsity", color: str = "#212529",
+                 dash: str = "dot") -> dict:
+    return dict(type="scatter", mode="lines+markers", x=list(targets), y=list(targets.values()), name=name, yaxis=yaxis,
+                line=dict(color=color, width=2, dash=dash), marker=dict(size=6, color=color),
+                hovertemplate="block %{x}<br>target sparsity %{y:.1%}<extra></extra>")
 
 
 def run_label(run: dict) -> str:
@@ -272,6 +296,13 @@ def overlay_figure(run_a: dict | None, run_b: dict | None, height: int = 380) ->
             line=dict(color=color, dash=dash, width=1.5), marker=dict(size=4),
             text=[f"block {l['block']} · {l['name']}" for l in layers],
             hovertemplate="%{text}<br>rel. error %{y:.4g}<extra>%{fullData.name}</extra>"))
+        if any(finite(l.get("target")) is not None for l in layers):  # per-layer targets of a non-uniform allocation
+            fig.add_trace(go.Scatter(
+                x=x, y=[finite(l.get("target")) for l in layers], mode="lines", yaxis="y2", name=f"target · {run_label(r)}",
+                line=dict(color=color, dash="dot", width=1), text=[f"block {l['block']} · {l['name']}" for l in layers],
+                hovertemplate="%{text}<br>target sparsity %{y:.1%}<extra></extra>"))
+            fig.update_layout(yaxis2=dict(title="target sparsity", overlaying="y", side="right", tickformat=".0%",
+                                          showgrid=False))
     first = sorted(runs[0]["layers"], key=lambda l: l["block"])
     ticks = [i for i, l in enumerate(first) if i == 0 or l["block"] != first[i - 1]["block"]]
     step = max(1, len(ticks) // 15)

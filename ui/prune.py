@@ -81,6 +81,8 @@ class PruneTab(Tab):
 
     # -- layout ---------------------------------------------------------------------------------------------
     def build(self, app: App) -> None:
+        from pruning.allocation import ALLOCATIONS  # torch: at build time, not when ui is imported
+
         self.app = app
         self.refs = option_refs()
         self.option_inputs, self.solver_groups, self.update_groups = [], {}, {}
@@ -129,6 +131,14 @@ class PruneTab(Tab):
                     self.calib_source = gr.Dropdown(choices=calib_sources(), value=CALIB_DEFAULTS.source, allow_custom_value=True,
                                                     label="Text", info="Embedded Wikipedia sample (offline); wikitext2 / c4 need "
                                                     "the network; or 'text:' + pasted text, or a path to a UTF-8 text file")
+                    self.allocation = gr.Dropdown(choices=list(ALLOCATIONS), value=DEFAULTS.allocation, label="Allocation",
+                                                  info="Per-layer sparsity: uniform = the same in every layer; owl = less in "
+                                                  "layers with many outliers; curve = measured per block. Same global budget")
+                    with gr.Row():
+                        self.zeroshot = gr.Checkbox(value=bool(EVAL_DEFAULTS.zeroshot), label="Zero-shot accuracy (wiki-lastword, lm-eval)",
+                                                    info="dense and pruned, on the embedded text (adds a minute or so)")
+                        self.kl = gr.Checkbox(value=EVAL_DEFAULTS.kl, label="KL drift vs dense",
+                                              info="KL(dense ‖ pruned) and top-1 agreement over the eval windows")
                     with gr.Row():
                         self.device = gr.Dropdown(choices=list(DEVICES), value=DEFAULTS.device, allow_custom_value=True, label="Device", min_width=100)
                         self.dtype = gr.Dropdown(choices=list(DTYPES), value=DEFAULTS.dtype, label="Forward dtype", min_width=100)
@@ -156,7 +166,8 @@ class PruneTab(Tab):
     def form_inputs(self) -> list:
         """The form, in forms.FORM_FIELDS order, then every solver/update option control."""
         return [self.model, self.solver, self.pattern, self.sparsity, self.update, self.nsamples, self.seqlen, self.calib_source,
-                self.eval_windows, self.eval_seqlen, self.device, self.dtype, self.prompts, self.max_new_tokens, *self.option_inputs]
+                self.eval_windows, self.eval_seqlen, self.device, self.dtype, self.prompts, self.max_new_tokens,
+                self.allocation, self.zeroshot, self.kl, *self.option_inputs]
 
     def prune_outputs(self) -> list:
         return [self.progress, self.layer_plot, self.log, self.metrics, self.generations, self.layer_table, self.report, self.job_id]
