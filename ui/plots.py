@@ -222,9 +222,43 @@ SIDE_LEGEND = dict(orientation="v", yanchor="top", y=1, xanchor="left", x=1.01, 
                    tracegroupgap=6, traceorder="grouped")  # beside the curves: a sweep has many series
 
 
-def tradeoff_figure(runs: list[dict], title: str | None = "Perplexity vs sparsity", height: int = 480) -> go.Figure:
+def zeroshot_acc(run: dict, which: str = "pruned") -> float | None:
+    """Mean zero-shot accuracy over the run's lm-eval tasks (``which``: pruned | dense), None when not measured."""
+    accs = [finite((rec.get(which) or {}).get("acc")) for rec in (run.get("zeroshot") or {}).values() if isinstance(rec, dict)]
+    accs = [a for a in accs if a is not None]
+    return sum(accs) / len(accs) if accs else None
+
+
+def accuracy_figure(runs: list[dict], title: str | None = "Zero-shot accuracy vs sparsity", height: int = 480) -> go.Figure:
+    """Pruned zero-shot accuracy against sparsity, one line per (method, pattern); dense accuracy as a dotted line.
+    Only runs that measured zero-shot accuracy."""
+    pts = [r for r in runs if zeroshot_acc(r) is not None]
+    if not pts:
+        return empty_figure("No run measured zero-shot accuracy yet: tick 'Zero-shot accuracy' in the Prune tab", height=height)
+    groups: dict[tuple, list[dict]] = {}
+    for r in pts:
+        groups.setdefault(_series_key(r), []).append(r)
+    fig = go.Figure()
+    dense = [zeroshot_acc(r, "dense") for r in pts if zeroshot_acc(r, "dense") is not None]
+    if dense:
+        fig.add_hline(y=sum(dense) / len(dense), line=dict(color="#868e96", dash="dot"), annotation_text="dense")
+    for (method, pattern, pre), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][:2])):
+        rs = sorted(rs, key=lambda r: float(r.get("sparsity", 0)))
+        fig.add_trace(go.Scatter(
+            x=[float(r.get("sparsity", 0)) for r in rs], y=[zeroshot_acc(r) for r in rs], mode="lines+markers",
+            name=f"{method} · {pattern}", line=dict(color=solver_color(method), dash=PATTERN_DASH.get(pattern, "longdash")),
+            marker=_marker(pre), hovertemplate="%{fullData.name}<br>sparsity %{x:.1%}<br>accuracy %{y:.1%}<extra></extra>"))
+    fig.update_xaxes(title="sparsity", tickformat=".0%")
+    fig.update_yaxes(title="zero-shot accuracy (pruned)", tickformat=".0%")
+    return _layout(fig, title, height, legend=SIDE_LEGEND, margin=dict(l=64, r=16, t=44 if title else 16, b=48))
+
+
+def tradeoff_figure(runs: list[dict], title: str | None = "Perplexity vs sparsity", height: int = 480,
+                    y: str = "perplexity") -> go.Figure:
     """One line per (method, pattern); hollow markers for precomputed results, filled outlined ones for yours; dense
-    perplexity as dotted lines (first in the legend)."""
+    perplexity as dotted lines (first in the legend). ``y='zeroshot'``: zero-shot accuracy instead (accuracy_figure)."""
+    if y == "zeroshot":
+        return accuracy_figure(runs, title, height)
     pts = [r for r in runs if _ppl(r, "pruned") is not None]
     if not pts:
         return empty_figure("No finished runs yet: run a job or a sweep", height=height)
