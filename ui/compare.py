@@ -98,7 +98,7 @@ class CompareTab(Tab):
             self.export_btn = gr.Button("⤓ Export run A", scale=1, elem_id="compare-export-btn")
             self.export_msg = gr.Markdown("<span class='pl-muted'>Writes run A's pruned model (safetensors, tokenizer, model "
                                           "card) on the server, rebuilt by re-running its config, and offers a .zip.</span>")
-        self.export_file = gr.File(label="Exported model (.zip)", visible=False, elem_id="compare-export-file")
+        self.export_file = gr.File(label="Exported model (.zip)", interactive=False, elem_id="compare-export-file")
         with gr.Accordion("Launch a sweep (queued like any other job)", open=False):
             with gr.Row():
                 self.sw_solvers = gr.CheckboxGroup(choices=SOLVERS.names(), value=["magnitude", "wanda", "sparsegpt"],
@@ -197,7 +197,7 @@ class CompareTab(Tab):
             _, zpath = export_zip(self.app, run_id_of(run), extra_runs=extra)
         except (ValueError, RuntimeError, OSError) as e:
             raise gr.Error(error_text(user_message(e)), title="Export failed") from None
-        return gr.update(value=str(zpath), visible=True), f"Exported run {run_id_of(run)}: download the .zip below."
+        return str(zpath), f"Exported run {run_id_of(run)}: download the .zip below."
 
     def cancel_sweep(self, request: gr.Request = None) -> str:
         """Cancel the caller's sweep (the Prune tab's cancel, for the sweep's runs)."""

@@ -160,7 +160,7 @@ class PruneTab(Tab):
                     self.export_btn = gr.Button("⤓ Export the pruned model", scale=1, elem_id="export-btn", size="sm")
                     self.export_msg = gr.Markdown("<span class='pl-muted'>After a finished run: safetensors + tokenizer + "
                                                   "model card, as a .zip</span>", elem_id="export-msg")
-                self.export_file = gr.File(label="Exported model (.zip)", visible=False, elem_id="export-file")
+                self.export_file = gr.File(label="Exported model (.zip)", interactive=False, elem_id="export-file")
                 with gr.Tabs():
                     with gr.Tab("Generations"):
                         self.generations = gr.HTML(render.generations_html([]))
@@ -386,7 +386,7 @@ class PruneTab(Tab):
             _, zpath = export_zip(self.app, rid)
         except (ValueError, RuntimeError, OSError) as e:
             raise gr.Error(error_text(user_message(e)), title="Export failed") from None
-        return gr.update(value=str(zpath), visible=True), f"Exported run `{rid}`: download the .zip below."
+        return str(zpath), f"Exported run `{rid}`: download the .zip below."
 
     def cancel(self, job_id: str = "", request: gr.Request | None = None) -> str:
         """Cancel this session's job ``job_id``; '' = every active job of this session, 'sweep' = its sweep."""
