@@ -403,3 +403,17 @@ def test_about_says_what_sparsity_buys(app):
     page = app.demo.config
     texts = [c.get("props", {}).get("value", "") for c in page["components"]]
     assert any(isinstance(t, str) and "What sparsity buys" in t for t in texts)
+
+
+def test_compare_columns_and_export_of_a_precomputed_run(app):
+    """Compare: run id / zero-shot acc / KL columns; exporting a precomputed run made on other weights is refused
+    with a message naming the fingerprint (no traceback)."""
+    client = Client(app.url, verbose=False)
+    table = client.predict("all models", True, api_name="/runs")[0]
+    assert {"run id", "zero-shot acc", "KL"} <= set(table["headers"])
+    fig = client.predict("all models", True, "zero-shot accuracy", api_name="/tradeoff")
+    assert "zero-shot" in fig["plot"].lower()
+    with pytest.raises(Exception, match="fingerprint"):
+        client.predict("pre:sweep.json:precomputed-demo", api_name="/export_run")
+    with pytest.raises(Exception, match="pick a run to export"):
+        client.predict(None, api_name="/export_run")

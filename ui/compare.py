@@ -16,7 +16,7 @@ import pandas as pd
 from pruning import SOLVERS, UPDATES
 from pruning import events as ev
 from pruning.config import DEFAULT_MODEL, ConfigError, method_label
-from pruning.errors import user_message
+from pruning.errors import PruningError, user_message
 from pruning.results import load_precomputed, run_id_of
 
 from . import plots
@@ -195,7 +195,7 @@ class CompareTab(Tab):
         extra = [r for r in pre if r.get("precomputed")] if pre else None
         try:
             _, zpath = export_zip(self.app, run_id_of(run), extra_runs=extra)
-        except (ValueError, RuntimeError, OSError) as e:
+        except (ValueError, RuntimeError, OSError, PruningError) as e:
             raise gr.Error(error_text(user_message(e)), title="Export failed") from None
         return str(zpath), f"Exported run {run_id_of(run)}: download the .zip below."
 

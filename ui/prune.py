@@ -19,7 +19,7 @@ from pruning import SOLVERS, UPDATES
 from pruning import events as ev
 from pruning.config import DEFAULT_MODEL, DEFAULT_PROMPTS, DEVICES, DTYPES, ConfigError, PruneConfig
 
-from pruning.errors import user_message
+from pruning.errors import PruningError, user_message
 
 from . import engine, plots, render
 from .exporting import export_zip
@@ -384,7 +384,7 @@ class PruneTab(Tab):
             raise gr.Error("Export: no finished run to export; press Run and wait until it is done", title="Nothing to export")
         try:
             _, zpath = export_zip(self.app, rid)
-        except (ValueError, RuntimeError, OSError) as e:
+        except (ValueError, RuntimeError, OSError, PruningError) as e:
             raise gr.Error(error_text(user_message(e)), title="Export failed") from None
         return str(zpath), f"Exported run `{rid}`: download the .zip below."
 
