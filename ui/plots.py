@@ -151,9 +151,11 @@ def layer_error_figure(layers: list[dict], n_blocks: int | None = None, title: s
         data.append(dict(
             type="bar", x=[l["block"] for l in rows], y=[float(l["rel_error"]) for l in rows], name=_short(n),
             marker=dict(color=colors[n]),
-            customdata=[[l.get("sparsity", float("nan")), l.get("seconds", float("nan"))] for l in rows],
+            customdata=[[l.get("sparsity", float("nan")), l.get("seconds", float("nan")), l.get("target", float("nan"))]
+                        for l in rows],
             hovertemplate=f"block %{{x}} · {n}<br>rel. error %{{y:.4g}}<br>sparsity %{{customdata[0]:.1%}}"
-                          "<br>%{customdata[1]:.2f} s<extra></extra>"))
+                          + ("<br>target %{customdata[2]:.1%}" if any("target" in l for l in rows) else "")
+                          + "<br>%{customdata[1]:.2f} s<extra></extra>"))
     nb = n_blocks or (max(l["block"] for l in layers) + 1)
     xaxis = dict(title=dict(text="block"), range=[-0.5, nb - 0.5])
     if nb <= 32:
@@ -161,7 +163,8 @@ def layer_error_figure(layers: list[dict], n_blocks: int | None = None, title: s
     yaxis = dict(title=dict(text="relative error"), type="log" if log_y else "linear", rangemode="tozero")
     layout = dict(barmode="group", bargap=0.15, bargroupgap=0.05, xaxis=xaxis, yaxis=yaxis)
     targets = target_by_block(layers)
-    if targets:  # a non-uniform allocation: its per-block target sparsity as a line on a second axis
+    if targets:  # a non-uniform allocation: the block's mean target sparsity as a line on a second axis (each layer's
+        # own target is in its bar's hover)
         data.append(target_trace(targets, yaxis="y2"))
         layout["yaxis2"] = dict(title=dict(text="target sparsity"), overlaying="y", side="right", tickformat=".0%",
                                 rangemode="tozero", showgrid=False)
@@ -180,7 +183,7 @@ def target_by_block(layers: list[dict]) -> dict[int, float]:
     return {b: sum(v) / len(v) for b, v in sorted(acc.items())}
 
 
-def target_trace(targets: dict[int, float], yaxis: str = "y2", name: str = "target sparsity", color: str = "#212529",
+def target_trace(targets: dict[int, float], yaxis: str = "y2", name: str = "target sparsity (block mean)", color: str = "#212529",
                  dash: str = "dot") -> dict:
     return dict(type="scatter", mode="lines+markers", x=list(targets), y=list(targets.values()), name=name, yaxis=yaxis,
                 line=dict(color=color, width=2, dash=dash), marker=dict(size=6, color=color),

@@ -135,8 +135,8 @@ class PruneTab(Tab):
                                                     label="Text", info="Embedded Wikipedia sample (offline); wikitext2 / c4 need "
                                                     "the network; or 'text:' + pasted text, or a path to a UTF-8 text file")
                     self.allocation = gr.Dropdown(choices=list(ALLOCATIONS), value=DEFAULTS.allocation, label="Allocation",
-                                                  info="Per-layer sparsity: uniform = the same in every layer; owl = less in "
-                                                  "layers with many outliers; curve = measured per block. Same global budget")
+                                                  info="Per-layer sparsity, same global budget: uniform = the same everywhere; owl = "
+                                                  "less in blocks with many outliers; curve = per layer, from measured error curves")
                     with gr.Row():
                         self.zeroshot = gr.Checkbox(value=bool(EVAL_DEFAULTS.zeroshot), label="Zero-shot accuracy (wiki-lastword, lm-eval)",
                                                     info="dense and pruned, on the embedded text (adds a minute or so)")
