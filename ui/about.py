@@ -63,7 +63,7 @@ SPARSITY_BUYS = (
 
 def sparse_measurement_md() -> str:
     """The last ``python -m pruning bench-sparse`` result on this machine, or how to measure it."""
-    from pruning.sparse_bench import format_table, load_measurement
+    from pruning.api import sparse_bench_measurement as load_measurement, sparse_bench_table as format_table
 
     res = load_measurement()
     if not res:

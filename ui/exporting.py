@@ -37,7 +37,8 @@ def export_zip(app, run_id: str, extra_runs: list[dict] | None = None, cancel: t
                on_event=None) -> tuple[Path, Path]:
     """(exported folder, .zip for download) of run ``run_id`` (or a unique prefix). Raises the engine's
     ExportError / ReproductionError (clean messages) when the run is unknown or cannot be rebuilt here."""
-    from pruning.export import export_run, find_run, run_id_of, zip_folder
+    from pruning import export_run, find_run, zip_folder
+    from pruning.results import run_id_of
 
     runs = (list(app.store.list_runs()) if app.store is not None else []) + list(extra_runs or [])
     rid = run_id_of(find_run(run_id, runs))  # the full id (a prefix may have been given); ExportError if unknown

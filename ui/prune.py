@@ -84,7 +84,7 @@ class PruneTab(Tab):
 
     # -- layout ---------------------------------------------------------------------------------------------
     def build(self, app: App) -> None:
-        from pruning.allocation import ALLOCATIONS  # torch: at build time, not when ui is imported
+        from pruning.api import ALLOCATIONS  # torch: at build time, not when ui is imported
 
         self.app = app
         self.refs = option_refs()
