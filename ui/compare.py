@@ -124,23 +124,29 @@ class CompareTab(Tab):
 
     def wire(self, app: App) -> None:
         inputs, out = [self.model, self.precomputed], self.compare_outputs()
-        self.refresh.click(self.compare, inputs, out, api_name="runs", show_progress="hidden")
+        y_in = [self.model, self.precomputed, self.y_axis]
+
+        def keep_y(dep):  # compare() redraws perplexity: redraw accuracy if that is the chosen y axis
+            return dep.then(self.keep_y_axis, y_in, self.tradeoff_plot, api_visibility="private", show_progress="hidden")
+
+        keep_y(self.refresh.click(self.compare, inputs, out, api_name="runs", show_progress="hidden"))
         self.y_axis.input(self.tradeoff, [self.model, self.precomputed, self.y_axis], self.tradeoff_plot, api_name="tradeoff",
                           show_progress="hidden")
         self.export_btn.click(self.export, self.run_a, [self.export_file, self.export_msg], api_name="export_run",
                               concurrency_limit=1, concurrency_id="export")
         tab = app.tab_items.get(self.id)
         triggers = [self.model.input, self.precomputed.input] + ([tab.select] if tab is not None else [])
-        gr.on(triggers, self.compare, inputs, out, api_visibility="private", show_progress="hidden")
+        keep_y(gr.on(triggers, self.compare, inputs, out, api_visibility="private", show_progress="hidden"))
         gr.on([self.run_a.input, self.run_b.input], self.overlay, [self.run_a, self.run_b], self.overlay_plot,
               api_name="overlay", show_progress="hidden", trigger_mode="always_last")
         sweep = self.sw_btn.click(self.sweep, [self.sw_model, self.sw_solvers, self.sw_patterns, self.sw_sparsities, self.sw_nsamples,
                                                self.sw_seqlen, self.sw_eval_windows, self.sw_eval_seqlen, self.sw_updates],
                                   [self.sw_status, self.tradeoff_plot, self.runs_table], api_name="sweep", concurrency_limit=4,
                                   concurrency_id="sweep", show_progress="hidden")
-        sweep.then(self.compare, inputs, out, api_visibility="private", show_progress="hidden")
+        keep_y(sweep.then(self.compare, inputs, out, api_visibility="private", show_progress="hidden"))
         self.sw_cancel.click(self.cancel_sweep, None, self.sw_msg, api_name="cancel_sweep", queue=False, show_progress="hidden")
-        app.runs_listeners.append(lambda dep: dep.then(self.compare, inputs, out, api_visibility="private", show_progress="hidden"))
+        app.runs_listeners.append(lambda dep: keep_y(dep.then(self.compare, inputs, out, api_visibility="private",
+                                                              show_progress="hidden")))
         app.demo.load(self.compare, inputs, out, api_visibility="private", show_progress="hidden")
 
     # -- handlers -------------------------------------------------------------------------------------------
@@ -184,6 +190,9 @@ class CompareTab(Tab):
         if y == "zero-shot accuracy":
             return plots.tradeoff_figure(runs, title="Zero-shot accuracy vs sparsity", y="zeroshot")
         return plots.tradeoff_figure(runs)
+
+    def keep_y_axis(self, model: str = ALL_MODELS, include_precomputed: bool = True, y: str = "perplexity"):
+        return gr.skip() if y != "zero-shot accuracy" else self.tradeoff(model, include_precomputed, y)
 
     def export(self, pick: str | None):
         """Export the run picked as Run A: (file for download, message). A plain handler (one export at a time)."""
