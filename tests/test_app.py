@@ -417,3 +417,20 @@ def test_compare_columns_and_export_of_a_precomputed_run(app):
         client.predict("pre:sweep.json:precomputed-demo", api_name="/export_run")
     with pytest.raises(Exception, match="pick a run to export"):
         client.predict(None, api_name="/export_run")
+
+
+def test_zeroshot_and_drift_from_plain_records():
+    """The metrics cards, the Compare columns and the accuracy trade-off read zero-shot / KL from a report."""
+    from ui import plots, render
+    from ui.compare import runs_frame
+
+    rep = {"config": {"model": "m", "solver": "wanda", "pattern": "unstructured", "sparsity": 0.5}, "sparsity": 0.5,
+           "perplexity": {"dense": 10.0, "pruned": 12.0}, "layers": [], "run_id": "abc",
+           "zeroshot": {"wiki-lastword": {"dense": {"acc": 0.42}, "pruned": {"acc": 0.31}}},
+           "drift": {"kl": 0.125, "top1_agreement": 0.8, "tokens": 128}}
+    html = render.metrics_html(rep)
+    assert "31.0%" in html and "dense 42.0%" in html and "0.1250" in html and "top-1 agreement 80.0%" in html
+    row = runs_frame([rep]).iloc[0]
+    assert row["zero-shot acc"] == 0.31 and row["KL"] == 0.125 and row["run id"]
+    fig = plots.tradeoff_figure([rep, {**rep, "zeroshot": {}}], y="zeroshot")
+    assert [list(t.y) for t in fig.data if t.type == "scatter"] == [[0.31]]  # only the run that measured it
