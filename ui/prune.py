@@ -139,7 +139,7 @@ class PruneTab(Tab):
                                                   "less in blocks with many outliers; curve = per layer, from measured error curves")
                     with gr.Row():
                         self.zeroshot = gr.Checkbox(value=bool(EVAL_DEFAULTS.zeroshot), label="Zero-shot accuracy (wiki-lastword, lm-eval)",
-                                                    info="dense and pruned, on the embedded text (adds a minute or so)")
+                                                    info=f"dense and pruned, {EVAL_DEFAULTS.zeroshot_limit} items of the embedded text (lm-eval; adds its own passes)")
                         self.kl = gr.Checkbox(value=EVAL_DEFAULTS.kl, label="KL drift vs dense",
                                               info="KL(dense ‖ pruned) and top-1 agreement over the eval windows")
                     with gr.Row():
