@@ -18,6 +18,7 @@ _EXPORTS = {
     "sweep_configs": "config",
     "SOLVERS": "solvers", "UPDATES": "solvers",
     "PATTERNS": "patterns", "Pattern": "patterns", "parse_pattern": "patterns",
+    "export_run": "export", "find_run": "export", "zip_folder": "export", "write_export": "export",
 }
 
 __all__ = sorted(_EXPORTS)

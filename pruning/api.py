@@ -308,3 +308,9 @@ def check_text_source(source: str, split: str = "calib") -> None:
     from .data import load_documents
 
     load_documents(source, split)
+
+
+# -- re-exported for the app (ui/ imports only the public modules): allocation choices and the sparse-kernel
+# measurement shown in About (export: ``pruning.export_run`` etc., lazy names of the package: export imports api)
+from .allocation import ALLOCATIONS  # noqa: E402,F401
+from .sparse_bench import format_table as sparse_bench_table, load_measurement as sparse_bench_measurement  # noqa: E402,F401

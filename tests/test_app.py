@@ -362,3 +362,75 @@ def test_timings_say_when_the_model_was_already_loaded():
     html_ = render.timings_html({"load": 0.0, "end_to_end": 3.0})
     assert "already in memory" in html_
     assert "already in memory" not in render.timings_html({"load": 4.2, "end_to_end": 9.0})
+
+
+def test_prune_allocation_kl_then_export_zip_loads(app, tmp_path):
+    """Allocation owl + KL drift through /prune: the report has drift and per-layer targets; /export gives a zip
+    with the model card and safetensors that transformers loads."""
+    import zipfile
+
+    from transformers import AutoModelForCausalLM
+
+    app.demo.pruning_lab.exports_dir = tmp_path / "exports"
+    client = Client(app.url, verbose=False)
+    cfg = _tiny_cfg(app.small, allocation="owl", eval={"windows": 2, "seqlen": 64, "kl": True})
+    out = client.predict(cfg, api_name="/prune")
+    report = out[P_REPORT]
+    assert report["config"]["allocation"] == "owl" and report["config"]["eval"]["kl"] is True
+    assert set(report["drift"]) >= {"kl", "top1_agreement", "tokens"} and report["drift"]["kl"] >= 0
+    assert all("target" in l for l in report["layers"]) and len({l["target"] for l in report["layers"]}) > 1
+    assert "KL vs dense" in out[P_METRICS] and "top-1 agreement" in out[P_METRICS]
+    assert any(t.get("yaxis") == "y2" for t in json.loads(out[P_PLOT]["plot"])["data"])  # the targets on the chart
+    zpath, msg = client.predict(report, api_name="/export")
+    assert report["run_id"] in msg
+    with zipfile.ZipFile(zpath) as z:
+        names = z.namelist()
+        assert any(n.endswith("/README.md") for n in names) and any(n.endswith("/model.safetensors") for n in names)
+        z.extractall(tmp_path / "unzipped")
+    folder = next((tmp_path / "unzipped").iterdir())
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    w = model.model.layers[0].mlp.up_proj.weight
+    assert 0.2 < float((w == 0).float().mean()) < 0.8  # pruned zeros survive the round trip
+    with pytest.raises(Exception, match="no finished run to export"):
+        client.predict({"config": cfg}, api_name="/export")
+
+
+def test_about_says_what_sparsity_buys(app):
+    from ui.about import SPARSITY_BUYS, sparse_measurement_md
+
+    assert "no smaller" in SPARSITY_BUYS and "2:4" in SPARSITY_BUYS and "semi-structured" in SPARSITY_BUYS
+    assert "bench-sparse" in sparse_measurement_md()
+    page = app.demo.config
+    texts = [c.get("props", {}).get("value", "") for c in page["components"]]
+    assert any(isinstance(t, str) and "What sparsity buys" in t for t in texts)
+
+
+def test_compare_columns_and_export_of_a_precomputed_run(app):
+    """Compare: run id / zero-shot acc / KL columns; exporting a precomputed run made on other weights is refused
+    with a message naming the fingerprint (no traceback)."""
+    client = Client(app.url, verbose=False)
+    table = client.predict("all models", True, api_name="/runs")[0]
+    assert {"run id", "zero-shot acc", "KL"} <= set(table["headers"])
+    fig = client.predict("all models", True, "zero-shot accuracy", api_name="/tradeoff")
+    assert "zero-shot" in fig["plot"].lower()
+    with pytest.raises(Exception, match="fingerprint"):
+        client.predict("pre:sweep.json:precomputed-demo", api_name="/export_run")
+    with pytest.raises(Exception, match="pick a run to export"):
+        client.predict(None, api_name="/export_run")
+
+
+def test_zeroshot_and_drift_from_plain_records():
+    """The metrics cards, the Compare columns and the accuracy trade-off read zero-shot / KL from a report."""
+    from ui import plots, render
+    from ui.compare import runs_frame
+
+    rep = {"config": {"model": "m", "solver": "wanda", "pattern": "unstructured", "sparsity": 0.5}, "sparsity": 0.5,
+           "perplexity": {"dense": 10.0, "pruned": 12.0}, "layers": [], "run_id": "abc",
+           "zeroshot": {"wiki-lastword": {"dense": {"acc": 0.42}, "pruned": {"acc": 0.31}}},
+           "drift": {"kl": 0.125, "top1_agreement": 0.8, "tokens": 128}}
+    html = render.metrics_html(rep)
+    assert "31.0%" in html and "dense 42.0%" in html and "0.1250" in html and "top-1 agreement 80.0%" in html
+    row = runs_frame([rep]).iloc[0]
+    assert row["zero-shot acc"] == 0.31 and row["KL"] == 0.125 and row["run id"]
+    fig = plots.tradeoff_figure([rep, {**rep, "zeroshot": {}}], y="zeroshot")
+    assert [list(t.y) for t in fig.data if t.type == "scatter"] == [[0.31]]  # only the run that measured it

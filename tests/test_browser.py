@@ -313,7 +313,7 @@ def site(tmp_path_factory):
            "eval": {"windows": 2, "seqlen": 64}, "max_new_tokens": 4}
     Client(url, verbose=False).predict(cfg, api_name="/prune")
     try:
-        yield {"url": url, "tiny": str(tiny), "runner": runner}
+        yield {"url": url, "tiny": str(tiny), "runner": runner, "demo": demo, "tmp": tmp}
     finally:
         runner.shutdown()
         demo.close()
@@ -526,3 +526,15 @@ def test_compare_marks_yours_and_shows_cost_view(page):
     page.wait_for_function("document.querySelectorAll('#cost-plot .scatterlayer .point').length >= 10", timeout=30_000)
     xtitle = page.evaluate("document.querySelector('#cost-plot .xtitle').textContent")
     assert "time spent pruning" in xtitle
+
+
+def test_export_after_a_run_offers_the_zip(page, site):
+    """Export on a finished run: the folder is written on the server and the .zip appears as a download link."""
+    site["demo"].pruning_lab.exports_dir = site["tmp"] / "exports"
+    _start_job(page, site["url"], site["tiny"], "wanda")
+    page.wait_for_selector('#progress .pl-progress[data-state="done"]', timeout=120_000)
+    page.locator("#export-btn").click()
+    page.wait_for_function("Array.from(document.querySelectorAll('#export-file a[data-testid=download-link]'))"
+                           ".some(a => (a.getAttribute('download') || '').endsWith('.zip'))", timeout=120_000)
+    assert "Exported run" in page.locator("#export-msg").inner_text()
+    assert any((site["tmp"] / "exports").glob("*/model.safetensors"))

@@ -52,6 +52,28 @@ def updates_html() -> str:
     return _table(["update", "what it does"], [[html.escape(u.name), html.escape(u.summary)] for u in UPDATES], "about-updates")
 
 
+SPARSITY_BUYS = (
+    "### What sparsity buys\n"
+    "Pruning here sets weights to exact zeros in dense tensors. Unstructured and N:M zeros make the saved file no smaller "
+    "(a zero takes as many bytes as any other number) and a forward pass with dense kernels no faster: the same matrix "
+    "multiplications run over the zeros. 2:4 sparsity is faster only with semi-structured sparse kernels on recent "
+    "NVIDIA GPUs (Ampere or newer, through torch's semi-structured sparse tensors); an exported model still stores dense "
+    "weights so that any loader reads it. What you measure in this app is how much accuracy a sparsity costs.")
+
+
+def sparse_measurement_md() -> str:
+    """The last ``python -m pruning bench-sparse`` result on this machine, or how to measure it."""
+    from pruning.api import sparse_bench_measurement as load_measurement, sparse_bench_table as format_table
+
+    res = load_measurement()
+    if not res:
+        return "Not measured on this machine yet: `python -m pruning bench-sparse`"
+    try:
+        return "Last measurement on this machine (`python -m pruning bench-sparse`):\n\n" + format_table(res)
+    except (KeyError, TypeError, ValueError):
+        return "The stored measurement could not be read; measure again: `python -m pruning bench-sparse`"
+
+
 def glossary_html() -> str:
     items = "".join(f"<dt><b>{html.escape(k)}</b></dt><dd style='margin:0 0 8px 16px'>{html.escape(v)}</dd>"
                     for k, v in GLOSSARY.items())
@@ -83,6 +105,8 @@ class AboutTab(Tab):
             "configuration and the model's fingerprint. Every button is also an API endpoint: the **API** link at the top of "
             "the page lists them with ready-to-run Python and JavaScript.",
             "",
-            "### Glossary",
         ]))
+        gr.Markdown(SPARSITY_BUYS, elem_id="about-sparsity")
+        gr.Markdown(sparse_measurement_md(), elem_id="about-bench")
+        gr.Markdown("### Glossary")
         gr.HTML(glossary_html())

@@ -23,6 +23,7 @@ class App:
     tabs: dict = field(default_factory=dict)  # id -> Tab
     tab_items: dict = field(default_factory=dict)  # id -> its gr.Tab (for .select listeners)
     runs_listeners: list[Callable] = field(default_factory=list)  # dependency -> dependency
+    exports_dir: Path | None = None  # where Export writes folders; None = <cache>/exports (ui.exporting)
 
     def after_runs(self, dep):
         """Chain every "finished runs changed" listener after ``dep`` (an event dependency)."""

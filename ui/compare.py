@@ -16,17 +16,20 @@ import pandas as pd
 from pruning import SOLVERS, UPDATES
 from pruning import events as ev
 from pruning.config import DEFAULT_MODEL, ConfigError, method_label
-from pruning.results import load_precomputed
+from pruning.errors import PruningError, user_message
+from pruning.results import load_precomputed, run_id_of
 
 from . import plots
+from .exporting import export_zip
 from .base import App, Tab
 from .forms import CALIB_DEFAULTS, EVAL_DEFAULTS, finite, mask_solvers, pattern_choices, sweep_from_form
 from .prune import SWEEP_OWNER, error_text
 
 ALL_MODELS = "all models"
 # the columns a reader compares first, then the details
-RUN_COLUMNS = ["solver", "pattern", "sparsity", "pruned ppl", "ppl ×", "prune s", "dense ppl", "source", "mean err", "model",
-               "calib", "eval", "device", "finished", "key"]
+RUN_COLUMNS = ["solver", "pattern", "sparsity", "pruned ppl", "ppl ×", "zero-shot acc", "KL", "prune s", "dense ppl", "source",
+               "mean err", "model", "calib", "eval", "device", "finished", "run id", "key"]
+Y_CHOICES = ["perplexity", "zero-shot accuracy"]
 STATUS_COLUMNS = ["#", "solver", "pattern", "sparsity", "status"]
 
 
@@ -43,6 +46,8 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
         d, p = finite(ppl.get("dense")), finite(ppl.get("pruned"))
         cal, evc = c.get("calib") or {}, c.get("eval") or {}
         t = finite((r.get("timings") or {}).get("prune_total"))
+        acc = plots.zeroshot_acc(r)
+        kl = finite((r.get("drift") or {}).get("kl"))
         rows.append({
             "source": "precomputed" if r.get("precomputed") else "yours",
             "model": (r.get("model") or {}).get("id", c.get("model", "")),
@@ -51,12 +56,15 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
             "dense ppl": round(d, 3) if d is not None else None,
             "pruned ppl": round(p, 3) if p is not None else None,
             "ppl ×": round(p / d, 3) if p is not None and d else None,
+            "zero-shot acc": round(acc, 4) if acc is not None else None,
+            "KL": round(kl, 5) if kl is not None else None,
             "mean err": round(sum(errs) / len(errs), 5) if errs else None,
             "prune s": round(t, 1) if t is not None else None,
             "calib": f"{cal.get('nsamples', '?')}×{cal.get('seqlen', '?')}",
             "eval": f"{evc.get('windows', '?')}×{evc.get('seqlen', '?')}",
             "device": r.get("device", ""),
             "finished": r.get("finished_at", ""),
+            "run id": run_id_of(r) if r.get("config") else "",
             "key": r.get("key", ""),
         })
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
@@ -73,6 +81,8 @@ class CompareTab(Tab):
             self.model = gr.Dropdown(choices=[ALL_MODELS], value=ALL_MODELS, label="Model", scale=3)
             self.precomputed = gr.Checkbox(value=True, label="Include precomputed results", scale=2)
             self.refresh = gr.Button("↻ Refresh", scale=1)
+            self.y_axis = gr.Radio(Y_CHOICES, value=Y_CHOICES[0], label="Trade-off y axis", scale=2,
+                                   info="zero-shot accuracy: only runs that measured it")
         with gr.Tabs():
             with gr.Tab("Perplexity vs sparsity"):
                 self.tradeoff_plot = gr.Plot(plots.tradeoff_figure([]), show_label=False, elem_id="tradeoff-plot")
@@ -84,6 +94,11 @@ class CompareTab(Tab):
         self.run_a = gr.Dropdown(label="Run A", choices=[], elem_classes="pl-nowrap")
         self.run_b = gr.Dropdown(label="Run B", choices=[], elem_classes="pl-nowrap")
         self.overlay_plot = gr.Plot(plots.overlay_figure(None, None), show_label=False, elem_id="overlay-plot")
+        with gr.Row():
+            self.export_btn = gr.Button("⤓ Export run A", scale=1, elem_id="compare-export-btn")
+            self.export_msg = gr.Markdown("<span class='pl-muted'>Writes run A's pruned model (safetensors, tokenizer, model "
+                                          "card) on the server, rebuilt by re-running its config, and offers a .zip.</span>")
+        self.export_file = gr.File(label="Exported model (.zip)", interactive=False, elem_id="compare-export-file")
         with gr.Accordion("Launch a sweep (queued like any other job)", open=False):
             with gr.Row():
                 self.sw_solvers = gr.CheckboxGroup(choices=SOLVERS.names(), value=["magnitude", "wanda", "sparsegpt"],
@@ -109,19 +124,29 @@ class CompareTab(Tab):
 
     def wire(self, app: App) -> None:
         inputs, out = [self.model, self.precomputed], self.compare_outputs()
-        self.refresh.click(self.compare, inputs, out, api_name="runs", show_progress="hidden")
+        y_in = [self.model, self.precomputed, self.y_axis]
+
+        def keep_y(dep):  # compare() redraws perplexity: redraw accuracy if that is the chosen y axis
+            return dep.then(self.keep_y_axis, y_in, self.tradeoff_plot, api_visibility="private", show_progress="hidden")
+
+        keep_y(self.refresh.click(self.compare, inputs, out, api_name="runs", show_progress="hidden"))
+        self.y_axis.input(self.tradeoff, [self.model, self.precomputed, self.y_axis], self.tradeoff_plot, api_name="tradeoff",
+                          show_progress="hidden")
+        self.export_btn.click(self.export, self.run_a, [self.export_file, self.export_msg], api_name="export_run",
+                              concurrency_limit=1, concurrency_id="export")
         tab = app.tab_items.get(self.id)
         triggers = [self.model.input, self.precomputed.input] + ([tab.select] if tab is not None else [])
-        gr.on(triggers, self.compare, inputs, out, api_visibility="private", show_progress="hidden")
+        keep_y(gr.on(triggers, self.compare, inputs, out, api_visibility="private", show_progress="hidden"))
         gr.on([self.run_a.input, self.run_b.input], self.overlay, [self.run_a, self.run_b], self.overlay_plot,
               api_name="overlay", show_progress="hidden", trigger_mode="always_last")
         sweep = self.sw_btn.click(self.sweep, [self.sw_model, self.sw_solvers, self.sw_patterns, self.sw_sparsities, self.sw_nsamples,
                                                self.sw_seqlen, self.sw_eval_windows, self.sw_eval_seqlen, self.sw_updates],
                                   [self.sw_status, self.tradeoff_plot, self.runs_table], api_name="sweep", concurrency_limit=4,
                                   concurrency_id="sweep", show_progress="hidden")
-        sweep.then(self.compare, inputs, out, api_visibility="private", show_progress="hidden")
+        keep_y(sweep.then(self.compare, inputs, out, api_visibility="private", show_progress="hidden"))
         self.sw_cancel.click(self.cancel_sweep, None, self.sw_msg, api_name="cancel_sweep", queue=False, show_progress="hidden")
-        app.runs_listeners.append(lambda dep: dep.then(self.compare, inputs, out, api_visibility="private", show_progress="hidden"))
+        app.runs_listeners.append(lambda dep: keep_y(dep.then(self.compare, inputs, out, api_visibility="private",
+                                                              show_progress="hidden")))
         app.demo.load(self.compare, inputs, out, api_visibility="private", show_progress="hidden")
 
     # -- handlers -------------------------------------------------------------------------------------------
@@ -158,6 +183,30 @@ class CompareTab(Tab):
                 gr.update(choices=choices, value=ids[1] if len(ids) > 1 else None),
                 gr.update(choices=models, value=model if model in models else ALL_MODELS),
                 plots.cost_figure(runs), plots.overlay_figure(a, b))  # the overlay of the pickers' new values, at once
+
+    def tradeoff(self, model: str = ALL_MODELS, include_precomputed: bool = True, y: str = "perplexity"):
+        """The trade-off figure with y = perplexity or zero-shot accuracy (runs that measured it)."""
+        runs = self._filter(self.all_runs(include_precomputed), model)
+        if y == "zero-shot accuracy":
+            return plots.tradeoff_figure(runs, title="Zero-shot accuracy vs sparsity", y="zeroshot")
+        return plots.tradeoff_figure(runs)
+
+    def keep_y_axis(self, model: str = ALL_MODELS, include_precomputed: bool = True, y: str = "perplexity"):
+        return gr.skip() if y != "zero-shot accuracy" else self.tradeoff(model, include_precomputed, y)
+
+    def export(self, pick: str | None):
+        """Export the run picked as Run A: (file for download, message). A plain handler (one export at a time)."""
+        by_id = {run_id(r): r for r in self.all_runs(True)}
+        run = by_id.get(pick or "")
+        if run is None:
+            raise gr.Error("Run A: pick a run to export first", title="Nothing to export")
+        pre = self.all_runs(True) if run.get("precomputed") else None
+        extra = [r for r in pre if r.get("precomputed")] if pre else None
+        try:
+            _, zpath = export_zip(self.app, run_id_of(run), extra_runs=extra)
+        except (ValueError, RuntimeError, OSError, PruningError) as e:
+            raise gr.Error(error_text(user_message(e)), title="Export failed") from None
+        return str(zpath), f"Exported run {run_id_of(run)}: download the .zip below."
 
     def cancel_sweep(self, request: gr.Request = None) -> str:
         """Cancel the caller's sweep (the Prune tab's cancel, for the sweep's runs)."""

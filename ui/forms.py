@@ -52,6 +52,8 @@ PRUNE_LABELS = {
     "update": "Weight update after the mask", "nsamples": "Calibration windows", "seqlen": "Tokens per window",
     "calib": "Text", "eval": "Text", "calib.source": "Text", "eval.source": "Text", "eval_windows": "Eval windows (0 = all)", "eval_seqlen": "Eval tokens per window",
     "device": "Device", "dtype": "Forward dtype", "max_new_tokens": "New tokens", "seed": "Seed",
+    "allocation": "Allocation", "zeroshot": "Zero-shot accuracy", "eval.zeroshot": "Zero-shot accuracy",
+    "kl": "KL drift vs dense", "eval.kl": "KL drift vs dense",
 }
 
 
@@ -107,7 +109,8 @@ def _cast(option, value):
 
 
 FORM_FIELDS = ("model", "solver", "pattern", "sparsity", "update", "nsamples", "seqlen", "calib_source",
-               "eval_windows", "eval_seqlen", "device", "dtype", "prompts", "max_new_tokens")
+               "eval_windows", "eval_seqlen", "device", "dtype", "prompts", "max_new_tokens", "allocation", "zeroshot", "kl")
+ZEROSHOT_TASK = "wiki-lastword"  # the offline lm-eval task the Prune tab's checkbox runs
 _NUMERIC = {"sparsity": "a number in [0, 1)", "nsamples": "a whole number", "seqlen": "a whole number",
             "eval_windows": "a whole number (0 = all)", "eval_seqlen": "a whole number", "max_new_tokens": "a whole number"}
 
@@ -147,7 +150,9 @@ def config_from_form(form: dict, option_values: list, refs: list[OptionRef]) -> 
         "update": update,
         "options": opts,
         "calib": {"source": source, "nsamples": form["nsamples"], "seqlen": form["seqlen"]},
-        "eval": {"source": source, "windows": form["eval_windows"], "seqlen": form["eval_seqlen"]},
+        "eval": {"source": source, "windows": form["eval_windows"], "seqlen": form["eval_seqlen"],
+                 "zeroshot": [ZEROSHOT_TASK] if form.get("zeroshot") else [], "kl": bool(form.get("kl"))},
+        "allocation": form.get("allocation") or DEFAULTS.allocation,
         "device": form.get("device") or DEFAULTS.device,
         "dtype": form.get("dtype") or DEFAULTS.dtype,
         "prompts": prompts or list(DEFAULT_PROMPTS),

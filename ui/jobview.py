@@ -19,9 +19,11 @@ from . import render
 
 # where each phase sits on the bar (fractions of the whole job)
 PHASE_SPAN = {"load": (0.0, 0.04), "dense-eval": (0.04, 0.14), "calibrate": (0.14, 0.16), "prune": (0.16, 0.86),
-              "pruned-eval": (0.86, 0.96), "generate": (0.96, 1.0)}
+              "pruned-eval": (0.86, 0.96), "generate": (0.96, 1.0),
+              "drift": (0.97, 1.0), "zero-shot": (0.98, 1.0)}  # the optional extra measurements, after the generations
 PHASE_TITLES = {"load": "Loading the model", "dense-eval": "Evaluating the dense model", "calibrate": "Capturing calibration inputs",
-                "prune": "Pruning", "pruned-eval": "Evaluating the pruned model", "generate": "Generating"}
+                "prune": "Pruning", "pruned-eval": "Evaluating the pruned model", "generate": "Generating",
+                "drift": "Measuring KL drift vs dense", "zero-shot": "Zero-shot accuracy (lm-eval)"}
 FAILED_TITLES = {"input": "Invalid setting", "numerical": "Failed: numerical problem", "internal": "Failed: internal error"}
 MAX_LOG = 400
 
@@ -133,7 +135,7 @@ class JobView:
         if self.phase == "prune" and self.prune_started is not None and self.blocks_done and self.n_blocks:
             per_block = (now - self.prune_started) / self.blocks_done
             return per_block * (self.n_blocks - self.blocks_done) + self.tail_seconds()
-        if self.phase in ("pruned-eval", "generate") and self.prune_ended is not None:
+        if self.phase in ("pruned-eval", "generate", "drift", "zero-shot") and self.prune_ended is not None:
             return max(0.0, self.tail_seconds() - (now - self.prune_ended))
         if self.estimate and self.phase in ("load", "dense-eval", "calibrate", "prune"):
             return max(0.0, self.estimate - (now - self.t0))

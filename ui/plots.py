@@ -151,16 +151,43 @@ def layer_error_figure(layers: list[dict], n_blocks: int | None = None, title: s
         data.append(dict(
             type="bar", x=[l["block"] for l in rows], y=[float(l["rel_error"]) for l in rows], name=_short(n),
             marker=dict(color=colors[n]),
-            customdata=[[l.get("sparsity", float("nan")), l.get("seconds", float("nan"))] for l in rows],
+            customdata=[[l.get("sparsity", float("nan")), l.get("seconds", float("nan")), l.get("target", float("nan"))]
+                        for l in rows],
             hovertemplate=f"block %{{x}} · {n}<br>rel. error %{{y:.4g}}<br>sparsity %{{customdata[0]:.1%}}"
-                          "<br>%{customdata[1]:.2f} s<extra></extra>"))
+                          + ("<br>target %{customdata[2]:.1%}" if any("target" in l for l in rows) else "")
+                          + "<br>%{customdata[1]:.2f} s<extra></extra>"))
     nb = n_blocks or (max(l["block"] for l in layers) + 1)
     xaxis = dict(title=dict(text="block"), range=[-0.5, nb - 0.5])
     if nb <= 32:
         xaxis["dtick"] = 1
     yaxis = dict(title=dict(text="relative error"), type="log" if log_y else "linear", rangemode="tozero")
+    layout = dict(barmode="group", bargap=0.15, bargroupgap=0.05, xaxis=xaxis, yaxis=yaxis)
+    targets = target_by_block(layers)
+    if targets:  # a non-uniform allocation: the block's mean target sparsity as a line on a second axis (each layer's
+        # own target is in its bar's hover)
+        data.append(target_trace(targets, yaxis="y2"))
+        layout["yaxis2"] = dict(title=dict(text="target sparsity"), overlaying="y", side="right", tickformat=".0%",
+                                rangemode="tozero", showgrid=False)
+        layout["legend"] = dict(orientation="h", y=-0.2)
     # rebuilt several times a second while a job runs: built from plain dicts, without plotly's validation
-    return _unvalidated(data, dict(barmode="group", bargap=0.15, bargroupgap=0.05, xaxis=xaxis, yaxis=yaxis), title, height)
+    return _unvalidated(data, layout, title, height)
+
+
+def target_by_block(layers: list[dict]) -> dict[int, float]:
+    """{block: mean per-layer target sparsity} of a run whose report has targets (non-uniform allocation), else {}."""
+    acc: dict[int, list[float]] = {}
+    for l in layers:
+        t = finite(l.get("target"))
+        if t is not None:
+            acc.setdefault(int(l["block"]), []).append(t)
+    return {b: sum(v) / len(v) for b, v in sorted(acc.items())}
+
+
+def target_trace(targets: dict[int, float], yaxis: str = "y2", name: str = "target sparsity (block mean)", color: str = "#212529",
+                 dash: str = "dot") -> dict:
+    return dict(type="scatter", mode="lines+markers", x=list(targets), y=list(targets.values()), name=name, yaxis=yaxis,
+                line=dict(color=color, width=2, dash=dash), marker=dict(size=6, color=color),
+                hovertemplate="block %{x}<br>target sparsity %{y:.1%}<extra></extra>")
 
 
 def run_label(run: dict) -> str:
@@ -198,9 +225,43 @@ SIDE_LEGEND = dict(orientation="v", yanchor="top", y=1, xanchor="left", x=1.01, 
                    tracegroupgap=6, traceorder="grouped")  # beside the curves: a sweep has many series
 
 
-def tradeoff_figure(runs: list[dict], title: str | None = "Perplexity vs sparsity", height: int = 480) -> go.Figure:
+def zeroshot_acc(run: dict, which: str = "pruned") -> float | None:
+    """Mean zero-shot accuracy over the run's lm-eval tasks (``which``: pruned | dense), None when not measured."""
+    accs = [finite((rec.get(which) or {}).get("acc")) for rec in (run.get("zeroshot") or {}).values() if isinstance(rec, dict)]
+    accs = [a for a in accs if a is not None]
+    return sum(accs) / len(accs) if accs else None
+
+
+def accuracy_figure(runs: list[dict], title: str | None = "Zero-shot accuracy vs sparsity", height: int = 480) -> go.Figure:
+    """Pruned zero-shot accuracy against sparsity, one line per (method, pattern); dense accuracy as a dotted line.
+    Only runs that measured zero-shot accuracy."""
+    pts = [r for r in runs if zeroshot_acc(r) is not None]
+    if not pts:
+        return empty_figure("No run measured zero-shot accuracy yet: tick 'Zero-shot accuracy' in the Prune tab", height=height)
+    groups: dict[tuple, list[dict]] = {}
+    for r in pts:
+        groups.setdefault(_series_key(r), []).append(r)
+    fig = go.Figure()
+    dense = [zeroshot_acc(r, "dense") for r in pts if zeroshot_acc(r, "dense") is not None]
+    if dense:
+        fig.add_hline(y=sum(dense) / len(dense), line=dict(color="#868e96", dash="dot"), annotation_text="dense")
+    for (method, pattern, pre), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][:2])):
+        rs = sorted(rs, key=lambda r: float(r.get("sparsity", 0)))
+        fig.add_trace(go.Scatter(
+            x=[float(r.get("sparsity", 0)) for r in rs], y=[zeroshot_acc(r) for r in rs], mode="lines+markers",
+            name=f"{method} · {pattern}", line=dict(color=solver_color(method), dash=PATTERN_DASH.get(pattern, "longdash")),
+            marker=_marker(pre), hovertemplate="%{fullData.name}<br>sparsity %{x:.1%}<br>accuracy %{y:.1%}<extra></extra>"))
+    fig.update_xaxes(title="sparsity", tickformat=".0%")
+    fig.update_yaxes(title="zero-shot accuracy (pruned)", tickformat=".0%")
+    return _layout(fig, title, height, legend=SIDE_LEGEND, margin=dict(l=64, r=16, t=44 if title else 16, b=48))
+
+
+def tradeoff_figure(runs: list[dict], title: str | None = "Perplexity vs sparsity", height: int = 480,
+                    y: str = "perplexity") -> go.Figure:
     """One line per (method, pattern); hollow markers for precomputed results, filled outlined ones for yours; dense
-    perplexity as dotted lines (first in the legend)."""
+    perplexity as dotted lines (first in the legend). ``y='zeroshot'``: zero-shot accuracy instead (accuracy_figure)."""
+    if y == "zeroshot":
+        return accuracy_figure(runs, title, height)
     pts = [r for r in runs if _ppl(r, "pruned") is not None]
     if not pts:
         return empty_figure("No finished runs yet: run a job or a sweep", height=height)
@@ -272,6 +333,13 @@ def overlay_figure(run_a: dict | None, run_b: dict | None, height: int = 380) ->
             line=dict(color=color, dash=dash, width=1.5), marker=dict(size=4),
             text=[f"block {l['block']} · {l['name']}" for l in layers],
             hovertemplate="%{text}<br>rel. error %{y:.4g}<extra>%{fullData.name}</extra>"))
+        if any(finite(l.get("target")) is not None for l in layers):  # per-layer targets of a non-uniform allocation
+            fig.add_trace(go.Scatter(
+                x=x, y=[finite(l.get("target")) for l in layers], mode="lines", yaxis="y2", name=f"target · {run_label(r)}",
+                line=dict(color=color, dash="dot", width=1), text=[f"block {l['block']} · {l['name']}" for l in layers],
+                hovertemplate="%{text}<br>target sparsity %{y:.1%}<extra></extra>"))
+            fig.update_layout(yaxis2=dict(title="target sparsity", overlaying="y", side="right", tickformat=".0%",
+                                          showgrid=False))
     first = sorted(runs[0]["layers"], key=lambda l: l["block"])
     ticks = [i for i, l in enumerate(first) if i == 0 or l["block"] != first[i - 1]["block"]]
     step = max(1, len(ticks) // 15)

@@ -19,7 +19,10 @@ from pruning import SOLVERS, UPDATES
 from pruning import events as ev
 from pruning.config import DEFAULT_MODEL, DEFAULT_PROMPTS, DEVICES, DTYPES, ConfigError, PruneConfig
 
+from pruning.errors import PruningError, user_message
+
 from . import engine, plots, render
+from .exporting import export_zip
 from .base import App, Tab
 from .forms import (CALIB_DEFAULTS, DEFAULT_SOLVER, DEFAULTS, EVAL_DEFAULTS, FORM_FIELDS, PRUNE_LABELS, OptionRef, calib_sources,
                     config_from_form, option_refs, parse_config, pattern_choices, relabel)
@@ -81,6 +84,8 @@ class PruneTab(Tab):
 
     # -- layout ---------------------------------------------------------------------------------------------
     def build(self, app: App) -> None:
+        from pruning.api import ALLOCATIONS  # torch: at build time, not when ui is imported
+
         self.app = app
         self.refs = option_refs()
         self.option_inputs, self.solver_groups, self.update_groups = [], {}, {}
@@ -129,6 +134,14 @@ class PruneTab(Tab):
                     self.calib_source = gr.Dropdown(choices=calib_sources(), value=CALIB_DEFAULTS.source, allow_custom_value=True,
                                                     label="Text", info="Embedded Wikipedia sample (offline); wikitext2 / c4 need "
                                                     "the network; or 'text:' + pasted text, or a path to a UTF-8 text file")
+                    self.allocation = gr.Dropdown(choices=list(ALLOCATIONS), value=DEFAULTS.allocation, label="Allocation",
+                                                  info="Per-layer sparsity, same global budget: uniform = the same everywhere; owl = "
+                                                  "less in blocks with many outliers; curve = per layer, from measured error curves")
+                    with gr.Row():
+                        self.zeroshot = gr.Checkbox(value=bool(EVAL_DEFAULTS.zeroshot), label="Zero-shot accuracy (wiki-lastword, lm-eval)",
+                                                    info=f"dense and pruned, {EVAL_DEFAULTS.zeroshot_limit} items of the embedded text (lm-eval; adds its own passes)")
+                        self.kl = gr.Checkbox(value=EVAL_DEFAULTS.kl, label="KL drift vs dense",
+                                              info="KL(dense ‖ pruned) and top-1 agreement over the eval windows")
                     with gr.Row():
                         self.device = gr.Dropdown(choices=list(DEVICES), value=DEFAULTS.device, allow_custom_value=True, label="Device", min_width=100)
                         self.dtype = gr.Dropdown(choices=list(DTYPES), value=DEFAULTS.dtype, label="Forward dtype", min_width=100)
@@ -143,6 +156,11 @@ class PruneTab(Tab):
                 self.progress = gr.HTML(render.progress_html(0, "Ready", "press Run", "idle"), elem_id="progress")
                 self.layer_plot = gr.Plot(plots.layer_error_figure([]), show_label=False, elem_id="layer-plot")
                 self.metrics = gr.HTML(render.metrics_html(None))
+                with gr.Row():
+                    self.export_btn = gr.Button("⤓ Export the pruned model", scale=1, elem_id="export-btn", size="sm")
+                    self.export_msg = gr.Markdown("<span class='pl-muted'>After a finished run: safetensors + tokenizer + "
+                                                  "model card, as a .zip</span>", elem_id="export-msg")
+                self.export_file = gr.File(label="Exported model (.zip)", interactive=False, elem_id="export-file")
                 with gr.Tabs():
                     with gr.Tab("Generations"):
                         self.generations = gr.HTML(render.generations_html([]))
@@ -156,7 +174,8 @@ class PruneTab(Tab):
     def form_inputs(self) -> list:
         """The form, in forms.FORM_FIELDS order, then every solver/update option control."""
         return [self.model, self.solver, self.pattern, self.sparsity, self.update, self.nsamples, self.seqlen, self.calib_source,
-                self.eval_windows, self.eval_seqlen, self.device, self.dtype, self.prompts, self.max_new_tokens, *self.option_inputs]
+                self.eval_windows, self.eval_seqlen, self.device, self.dtype, self.prompts, self.max_new_tokens,
+                self.allocation, self.zeroshot, self.kl, *self.option_inputs]
 
     def prune_outputs(self) -> list:
         return [self.progress, self.layer_plot, self.log, self.metrics, self.generations, self.layer_table, self.report, self.job_id]
@@ -193,6 +212,8 @@ class PruneTab(Tab):
         app.after_runs(job)
         # after a run the same form is in the cache: say so ("instant"), not the old estimate
         job.then(self.preview, form, [self.config_json, self.estimate], api_visibility="private", show_progress="hidden")
+        self.export_btn.click(self.export, self.report, [self.export_file, self.export_msg], api_name="export",
+                              concurrency_limit=1, concurrency_id="export")
         self.cancel_btn.click(self.cancel, self.job_id, self.cancel_msg, api_name="cancel", queue=False, show_progress="hidden")
         gr.api(self.estimate_seconds_api, api_name="estimate")
         app.demo.load(self.preview, form, [self.config_json, self.estimate], api_visibility="private", show_progress="hidden")
@@ -355,6 +376,19 @@ class PruneTab(Tab):
         if view.state == "failed":
             title = "Invalid setting" if view.kind == "input" else "The job failed"
             raise gr.Error(error_text(relabel(view.message, PRUNE_LABELS)), title=title)
+
+    def export(self, report: dict | None):
+        """Export the shown finished run: (the .zip for download, a message). A plain handler, one export at a
+        time: the runner keeps reports, not pruned models, so ``pruning.export.export_run`` rebuilds the weights by
+        re-running the stored config (checked bit for bit against the stored per-layer errors)."""
+        rid = (report or {}).get("run_id") if isinstance(report, dict) else None
+        if not rid or not (report or {}).get("layers"):
+            raise gr.Error("Export: no finished run to export; press Run and wait until it is done", title="Nothing to export")
+        try:
+            _, zpath = export_zip(self.app, rid)
+        except (ValueError, RuntimeError, OSError, PruningError) as e:
+            raise gr.Error(error_text(user_message(e)), title="Export failed") from None
+        return str(zpath), f"Exported run `{rid}`: download the .zip below."
 
     def cancel(self, job_id: str = "", request: gr.Request | None = None) -> str:
         """Cancel this session's job ``job_id``; '' = every active job of this session, 'sweep' = its sweep."""

@@ -90,6 +90,16 @@ def metrics_html(report: dict | None, dense_ppl: float | None = None, pruned_ppl
                            f"per layer {lo:.1%} – {hi:.1%}" if layers else ""))
         t = r.get("timings") or {}
         total = finite(t.get("end_to_end")) or sum(v for v in t.values() if isinstance(v, (int, float)))
+        for task, rec in (r.get("zeroshot") or {}).items():
+            da, pa = finite((rec.get("dense") or {}).get("acc")), finite((rec.get("pruned") or {}).get("acc"))
+            cards.append(_card(f"{task} accuracy", f"{pa:.1%}" if pa is not None else "–",
+                               f"dense {da:.1%} (lm-eval, zero-shot)" if da is not None else "zero-shot (lm-eval)"))
+        drift = r.get("drift") or {}
+        kl = finite(drift.get("kl"))
+        if kl is not None:
+            top1 = finite(drift.get("top1_agreement"))
+            cards.append(_card("KL vs dense", f"{kl:.4f}",
+                               (f"top-1 agreement {top1:.1%}" if top1 is not None else "") + f" · {drift.get('tokens', '?')} tokens"))
         cards.append(_card("time", _fmt_seconds(total), "from cache" if r.get("cached") else f"pruning {_fmt_seconds(finite(t.get('prune_total')))}"))
     out = f'<div style="display:flex;gap:10px;flex-wrap:wrap">{"".join(cards)}</div>'
     if report is not None:
