@@ -97,7 +97,7 @@ def format_table(res: dict) -> str:
         su = f"{r['speedup']:.2f}×" if r["speedup"] is not None else "–"
         lines.append(f"| {r['d_out']} × {r['d_in']} | {r['tokens']} | {r['dense_ms']:.3f} | {sp} | {su} |")
     if not res["kernel"]:
-        lines.append(res["reason"])
+        lines += ["", res["reason"]]  # a paragraph after the table, not one more row
     return "\n".join(lines)
 
 
