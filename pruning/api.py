@@ -97,7 +97,7 @@ def dense_baseline(config: PruneConfig, model, tokenizer, fingerprint: str, eval
     t1 = time.perf_counter()
     gens = generate(model, tokenizer, config.prompts, config.max_new_tokens)
     res = {"ppl": ppl, "generations": gens, "eval_seconds": t1 - t0, "generate_seconds": time.perf_counter() - t1}
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(res))
     os.replace(tmp, path)
     ENGINE.dense.put(key, res)
@@ -235,7 +235,7 @@ def zeroshot_dense_pruned(config: PruneConfig, model, pruned, tokenizer, fingerp
             dense = None
     if dense is None:
         dense = evaluate_zeroshot(model, tokenizer, list(e.zeroshot), limit=limit)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(dense))
         os.replace(tmp, path)
     if cancel is not None and cancel.is_set():

@@ -8,6 +8,9 @@ kernel exists (a CPU, an older GPU) it says so in the result instead of failing.
 """
 from __future__ import annotations
 
+import os
+import threading
+
 import json
 import time
 from pathlib import Path
@@ -110,7 +113,7 @@ def last_measurement_path() -> Path:
 def save_measurement(res: dict, path: Path | None = None) -> Path:
     p = Path(path) if path else last_measurement_path()
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
+    tmp = p.with_name(f"{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(res, indent=1))
     tmp.replace(p)
     return p

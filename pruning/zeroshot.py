@@ -16,6 +16,9 @@ lm-eval is an optional extra (``pip install -r requirements-eval.txt``); without
 """
 from __future__ import annotations
 
+import os
+import threading
+
 import json
 import re
 from pathlib import Path
@@ -116,7 +119,7 @@ def build_local_task(directory: Path | None = None) -> Path:
         return d
     d.mkdir(parents=True, exist_ok=True)
     items = lastword_items(load_documents("wiki-sample", "eval"))
-    tmp = data.with_suffix(".tmp")
+    tmp = data.with_name(f"{data.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items), encoding="utf-8")
     tmp.replace(data)
     spec = {
@@ -133,7 +136,7 @@ def build_local_task(directory: Path | None = None) -> Path:
     }
     import yaml
 
-    tmp = yaml_path.with_suffix(".tmp")
+    tmp = yaml_path.with_name(f"{yaml_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     tmp.replace(yaml_path)
     return d

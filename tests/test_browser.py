@@ -532,7 +532,10 @@ def test_export_after_a_run_offers_the_zip(page, site):
     """Export on a finished run: the folder is written on the server and the .zip appears as a download link."""
     site["demo"].pruning_lab.exports_dir = site["tmp"] / "exports"
     _start_job(page, site["url"], site["tiny"], "wanda")
-    page.wait_for_selector('#progress .pl-progress[data-state="done"]', timeout=120_000)
+    page.wait_for_selector('#progress .pl-progress[data-state="done"], #progress .pl-progress[data-state="failed"]',
+                           timeout=240_000)
+    state = page.locator("#progress .pl-progress").get_attribute("data-state")
+    assert state == "done", page.locator("#progress").inner_text()  # a failure shows its message here
     page.locator("#export-btn").click()
     page.wait_for_function("Array.from(document.querySelectorAll('#export-file a[data-testid=download-link]'))"
                            ".some(a => (a.getAttribute('download') || '').endsWith('.zip'))", timeout=120_000)
