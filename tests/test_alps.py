@@ -205,7 +205,7 @@ def test_bad_options_fail_before_any_computation(opts, field):
     W, G = synthetic_layer()
     bad = LayerProblem(W=W, G=torch.full_like(G, float("nan")))  # any computation would raise NumericalError
     with pytest.raises(SolverError, match=field.replace(".", r"\.")) as e:
-        SOLVERS.get("alps").fn(bad, parse_pattern("unstructured"), 0.5, opts, SolveContext())
+        SOLVERS.get("alps").run(bad, parse_pattern("unstructured"), 0.5, options=opts)
     if field.startswith("alps."):
         assert "allowed" in str(e.value) or "expected" in str(e.value) or "finite" in str(e.value)
     with pytest.raises(SolverError, match=field.split(".")[-1]):
@@ -214,13 +214,13 @@ def test_bad_options_fail_before_any_computation(opts, field):
 
 def test_missing_or_non_finite_inputs():
     W, G = synthetic_layer()
-    fn = SOLVERS.get("alps").fn
+    fn = SOLVERS.get("alps").run
     with pytest.raises(SolverError, match="gram"):
-        fn(LayerProblem(W=W, G=None), parse_pattern("unstructured"), 0.5, {}, SolveContext())
+        fn(LayerProblem(W=W, G=None), parse_pattern("unstructured"), 0.5, ctx=SolveContext())
     G2 = G.clone()
     G2[0, 1] = float("inf")
     with pytest.raises(NumericalError):
-        fn(LayerProblem(W=W, G=G2), parse_pattern("unstructured"), 0.5, {}, SolveContext())
+        fn(LayerProblem(W=W, G=G2), parse_pattern("unstructured"), 0.5, ctx=SolveContext())
 
 
 def test_indefinite_gram_raises_damping_with_warning_and_no_nan():
@@ -250,14 +250,14 @@ def test_zero_gram_gives_a_finite_magnitude_mask():
 def test_memo_shares_the_eigendecomposition_and_changes_nothing():
     W, G = synthetic_layer()
     W2 = torch.randn(24, W.shape[1], generator=torch.Generator().manual_seed(9))
-    fn, pat = SOLVERS.get("alps").fn, parse_pattern("unstructured")
+    fn, pat = SOLVERS.get("alps").run, parse_pattern("unstructured")
     memo = {}
-    a = fn(LayerProblem(W=W, G=G), pat, 0.5, {}, SolveContext(memo=memo))
+    a = fn(LayerProblem(W=W, G=G), pat, 0.5, ctx=SolveContext(memo=memo))
     assert len(memo) == 1
-    b = fn(LayerProblem(W=W2, G=G), pat, 0.5, {}, SolveContext(memo=memo))  # same Gram: a memo hit
+    b = fn(LayerProblem(W=W2, G=G), pat, 0.5, ctx=SolveContext(memo=memo))  # same Gram: a memo hit
     assert len(memo) == 1
-    a2 = fn(LayerProblem(W=W, G=G), pat, 0.5, {}, SolveContext())
-    b2 = fn(LayerProblem(W=W2, G=G), pat, 0.5, {}, SolveContext())
+    a2 = fn(LayerProblem(W=W, G=G), pat, 0.5, ctx=SolveContext())
+    b2 = fn(LayerProblem(W=W2, G=G), pat, 0.5, ctx=SolveContext())
     assert torch.equal(a.weight, a2.weight) and torch.equal(b.weight, b2.weight)
 
 

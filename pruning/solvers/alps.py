@@ -96,8 +96,6 @@ ALPS_OPTIONS = (
 
 
 def _check_problem(p: LayerProblem) -> None:
-    if p.G is None:
-        raise SolverError("gram: alps needs calibration statistics (the Gram X Xᵀ); got None")
     if p.W.dim() != 2 or tuple(p.G.shape) != (p.W.shape[1], p.W.shape[1]):
         raise SolverError(f"gram: expected shape ({p.W.shape[-1]}, {p.W.shape[-1]}) for a weight of shape "
                           f"{tuple(p.W.shape)}, got {tuple(p.G.shape)}")
@@ -242,7 +240,7 @@ def alps_cost(d_out: int, d_in: int, opts: dict, **_) -> dict:
 )
 def alps(p: LayerProblem, pattern: Pattern, sparsity: float, opts: dict, ctx: SolveContext | None = None) -> SolverOutput:
     ctx = ctx or SolveContext()
-    o = SOLVERS.resolve_options("alps", dict(opts or {}))
+    o = opts  # resolved and validated once by the registry (solve / SolverSpec.run)
     max_iter, update_iter, switch_iter = int(o["max_iter"]), int(o["update_iter"]), int(o["switch_iter"])
     cg_iters, cg_rtol, obj_every = int(o["cg_iters"]), float(o["cg_rtol"]), int(o["objective_every"])
     _check_problem(p)
