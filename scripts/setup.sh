@@ -14,6 +14,8 @@ if [ "${1:-}" = "--dev" ]; then
   .venv/bin/python -m pip install -q -r requirements-dev.txt
   # optional extra the tests cover: zero-shot accuracy through lm-eval (--zeroshot)
   .venv/bin/python -m pip install -q -r requirements-eval.txt
+  # optional extra the tests cover: sweeps on Ray (--executor ray)
+  .venv/bin/python -m pip install -q -r requirements-scale.txt
   if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" = 0 ]; then
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
