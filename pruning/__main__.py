@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import runpy
 import signal
@@ -178,8 +179,16 @@ def _print_report(r: dict) -> None:
           f"pattern {c['pattern']}  target sparsity {c['sparsity']:.2%}  device {r['device']} ({r['dtype']})")
     print(f"perplexity  dense {r['perplexity']['dense']:.3f}   pruned {r['perplexity']['pruned']:.3f}"
           f"   ({r['evaluation']['windows']} × {r['evaluation']['seqlen']} tokens, {c['eval']['source']})")
-    errs = [l["rel_error"] for l in r["layers"]]
-    print(f"achieved sparsity {r['sparsity']:.4%} over {len(r['layers'])} linears; mean layer rel. error {sum(errs) / max(len(errs), 1):.4f}")
+    errs = [l["rel_error"] for l in r["layers"] if math.isfinite(l["rel_error"])]  # NaN: an expert with no token
+    print(f"achieved sparsity {r['sparsity']:.4%} over every decoder weight matrix ({len(r['layers'])} layers pruned"
+          + (f", {r['sparsity_pruned_layers']:.4%} over them" if "sparsity_pruned_layers" in r else "")
+          + f"); mean layer rel. error {sum(errs) / max(len(errs), 1):.4f}")
+    by_kind = r.get("sparsity_by_kind") or {}
+    if by_kind:
+        print("by kind: " + ", ".join(f"{k} {v['sparsity']:.2%} ({v['zeros']}/{v['numel']})" for k, v in by_kind.items()))
+    for x in r.get("experts") or []:
+        if x["tokens"] == 0:
+            print(f"expert {x['block']}.{x['name']}: no calibration token, pruned by {x['pruned']}")
     print("time per phase: " + ", ".join(f"{k} {v:.1f}s" for k, v in r["timings"].items()))
     for g in r["generations"]:
         print(f"\n> {g['prompt']}\n  dense : {g['dense']!r}\n  pruned: {g['pruned']!r}")

@@ -184,6 +184,9 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
             "perplexity": {"dense": dense["ppl"], "pruned": ppl},
             "dense_cached": bool(dense.get("cached")),
             "sparsity": rep["sparsity"],
+            "sparsity_pruned_layers": rep["sparsity_pruned_layers"],
+            "sparsity_by_kind": rep["sparsity_by_kind"],
+            "experts": rep["experts"],
             "layers": [{k: l[k] for k in ("block", "name", "rel_error", "sparsity", "seconds", "target") if k in l}
                        for l in rep["layers"]],
             "timings": timings,

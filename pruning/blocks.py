@@ -82,15 +82,61 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
                     best = (name, mod)
     if best is None:
         raise ModelStructureError(
-            f"model: {type(model).__name__} has no decoder blocks (a ModuleList of identical blocks with linear layers); "
-            "supported: Llama/Mistral/Qwen2/Gemma, OPT, GPT-2 style causal LMs"
+            f"model: {type(model).__name__} has no decoder blocks (a ModuleList of identical blocks with linear layers), "
+            "so nothing was pruned; supported: decoder-only causal LMs of the families in the README's table (Llama, "
+            "Mistral, Qwen2/3, Gemma 2/3, Phi-3, OPT, GPT-2, Mixtral, Qwen2/3-MoE)"
         )
     return best
 
 
+def is_router(block: nn.Module, name: str) -> bool:
+    """Is ``name`` (a module name relative to ``block``) a mixture-of-experts router? The ``gate`` next to an
+    ``experts`` module (Mixtral, Qwen2/3-MoE) or Qwen2-MoE's ``shared_expert_gate``. Routers stay dense."""
+    parent, _, last = name.rpartition(".")
+    if last == "shared_expert_gate":
+        return True
+    if last in ("gate", "router"):
+        owner = block.get_submodule(parent) if parent else block
+        return hasattr(owner, "experts")
+    return False
+
+
 def block_linears(block: nn.Module) -> dict[str, Linear]:
-    """Prunable linears of one block, in module order, by name relative to the block."""
-    return {name: Linear(name, m) for name, m in block.named_modules() if name and is_linear(m)}
+    """Prunable linears of one block, in module order, by name relative to the block (MoE routers excluded)."""
+    return {name: Linear(name, m) for name, m in block.named_modules()
+            if name and is_linear(m) and not is_router(block, name)}
+
+
+KINDS = ("attention", "mlp", "experts", "router", "other")
+
+
+def weight_kind(block: nn.Module, param_name: str, fused: set[str] = frozenset()) -> str:
+    """attention / mlp / experts / router / other for a 2-D (or fused 3-D) weight parameter of a block.
+
+    ``fused``: names of the block's fused expert parameters (``moe.fused_param_names``)."""
+    module_name = param_name.rpartition(".")[0]
+    parts = param_name.split(".")
+    if param_name in fused or "experts" in parts[:-1] and "shared_expert" not in parts:
+        return "experts"
+    if module_name and is_router(block, module_name):
+        return "router"
+    if any(p in ("self_attn", "attn", "attention", "self_attention", "cross_attn") for p in parts):
+        return "attention"
+    if any(p in ("mlp", "ffn", "feed_forward", "fc1", "fc2", "shared_expert") for p in parts):
+        return "mlp"
+    return "other"
+
+
+def weight_inventory(block: nn.Module, fused: set[str] = frozenset()) -> tuple[dict[str, tuple[str, torch.Tensor]], list[str]]:
+    """({name: (kind, tensor)} of every weight matrix of the block -- parameters with 2 or more dimensions, fused
+    experts included --, [names of the 1-D parameters: norms and biases]). Names are relative to the block."""
+    mats, vecs = {}, []
+    for name, p in block.named_parameters():
+        if p.dim() >= 2:
+            mats[name] = (weight_kind(block, name, fused), p)
+        else:
+            vecs.append(name)
+    return mats, vecs
 
 
 def model_device(model: nn.Module) -> torch.device:

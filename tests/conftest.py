@@ -1,7 +1,7 @@
 """Shared pytest fixtures.
 
 tiny_llama   -- (model, tokenizer): random-init 2-layer Llama (hidden 64), fresh per test (safe to prune in place).
-tiny_models  -- (model, tokenizer), parametrised over every tiny family (llama, mistral, qwen2, opt, gpt2).
+tiny_models  -- (model, tokenizer), parametrised over every tiny family (pruning.models.TINY_FAMILIES).
 smollm2      -- (model, tokenizer): the real embedded SmolLM2-135M-Instruct, fp32, CPU, eval mode; ONE instance per
                 session, so tests must not modify it (prune a ``copy.deepcopy`` instead). For ``@pytest.mark.slow``.
 """

@@ -31,6 +31,14 @@ EXPECTED = {  # family -> (number of decoder linears, a few names that must exis
     "qwen2": (14, ["model.layers.0.self_attn.v_proj", "model.layers.1.mlp.up_proj"], nn.Linear),
     "opt": (12, ["model.decoder.layers.0.fc1", "model.decoder.layers.1.self_attn.out_proj"], nn.Linear),
     "gpt2": (8, ["transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_proj"], Conv1D),
+    "qwen3": (14, ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"], nn.Linear),
+    "gemma2": (21, ["model.layers.0.self_attn.k_proj", "model.layers.2.mlp.gate_proj"], nn.Linear),
+    "gemma3": (21, ["model.layers.1.self_attn.o_proj", "model.layers.2.mlp.up_proj"], nn.Linear),
+    "phi3": (8, ["model.layers.0.self_attn.qkv_proj", "model.layers.1.mlp.gate_up_proj"], nn.Linear),
+    # MoE: the fused experts are parameters of one module, not nn.Linear (tests/test_families.py prunes them)
+    "mixtral": (12, ["model.layers.2.self_attn.q_proj"], nn.Linear),
+    "qwen2_moe": (16, ["model.layers.0.mlp.shared_expert.down_proj", "model.layers.1.mlp.shared_expert_gate"], nn.Linear),
+    "qwen3_moe": (8, ["model.layers.1.self_attn.v_proj"], nn.Linear),
 }
 
 

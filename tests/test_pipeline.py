@@ -289,7 +289,8 @@ def test_gpu_smoke_tiny_llama_bf16(solver, update, windows):
     assert all(l["zeros"] >= l["numel"] // 2 for l in rep["layers"])
     assert all(bool(torch.isfinite(p).all()) and p.is_cuda and p.dtype == torch.bfloat16 for p in m.parameters())
     assert torch.isfinite(m(input_ids=windows[:1].cuda()).logits.float()).all()
-    assert [w for w in rep["warnings"] if "calibration tokens" not in w] == [], rep["warnings"]
+    assert [w for w in rep["warnings"] if "calibration tokens" not in w and not w.startswith("left dense by design")] == [], \
+        rep["warnings"]
 
 
 def test_prune_model_requires_windows():

@@ -86,8 +86,10 @@ def metrics_html(report: dict | None, dense_ppl: float | None = None, pruned_ppl
         layers = r.get("layers") or []
         lo = min((l.get("sparsity", 0) for l in layers), default=0)
         hi = max((l.get("sparsity", 0) for l in layers), default=0)
+        kinds = r.get("sparsity_by_kind") or {}
+        by_kind = " · ".join(f"{k} {v['sparsity']:.0%}" for k, v in kinds.items()) if len(kinds) > 1 else ""
         cards.append(_card("achieved sparsity", f"{sp:.2%}" if sp is not None else "–",
-                           f"per layer {lo:.1%} – {hi:.1%}" if layers else ""))
+                           (f"per layer {lo:.1%} – {hi:.1%}" if layers else "") + (f" · {by_kind}" if by_kind else "")))
         t = r.get("timings") or {}
         total = finite(t.get("end_to_end")) or sum(v for v in t.values() if isinstance(v, (int, float)))
         for task, rec in (r.get("zeroshot") or {}).items():
