@@ -4,6 +4,7 @@ from ui import build_app, launch_kwargs, warm_up
 demo = build_app()
 
 if __name__ == "__main__":
-    # before any page view: the estimate's machine rates, and the embedded model loaded (converted once on a fresh machine)
+    # before any page view: the estimate's machine rates, and the embedded model loaded in the job worker process
+    # (converted once on a fresh machine)
     warm_up()
     demo.queue(max_size=64, default_concurrency_limit=1).launch(**launch_kwargs())

@@ -1,14 +1,29 @@
 """Background job runner: one job at a time per device, later jobs queued with their position.
 
-A job is one ``PruneConfig`` run by ``run_fn(config, on_event, cancel)`` (``pruning.api.run_job`` by
-default) on a worker thread -- one worker per device key ("cpu", "cuda:0", ...), so two jobs never share an
-accelerator. Every job has its own event log (``Job.wait``): readers keep their own cursor, so two browser tabs
-(or a tab and a script) never consume or corrupt each other's events. Cancellation is cooperative: ``cancel``
-sets the job's ``threading.Event``; a queued job is dropped at once, a running one stops at the next layer
-(the pipeline checks the event between layers and raises ``events.Cancelled``; the loaded model is untouched).
+A job is one ``PruneConfig`` run by ``run_fn(config, on_event, cancel)`` (``pruning.api.run_job`` by default),
+queued per device key ("cpu", "cuda:0", ...), so two jobs never share an accelerator. Every job has its own event
+log (``Job.wait``): readers keep their own cursor, so two browser tabs (or a tab and a script) never consume or
+corrupt each other's events. Cancellation is cooperative: ``cancel`` sets the job's ``threading.Event``; a queued job
+is dropped at once, a running one stops at the next layer (the pipeline checks the event between layers and raises
+``events.Cancelled``; the loaded model is untouched).
 
-Finished reports are written to the ``ResultStore`` *before* ``JobFinished`` is relayed, so whatever a user
-sees is already cached; a config already in the store completes at once without being queued.
+Two modes (``JobRunner(in_process=...)``):
+
+* ``in_process=True`` (the default, for library use and tests): ``run_fn`` runs on the device's thread of this
+  process, as any callable.
+* ``in_process=False`` (the app's default): each device has a worker *process* (``pruning.worker.WorkerProcess``,
+  spawn context) that loads the models and runs the jobs; the device thread relays its events and the cancel. A
+  crash of the worker (segfault, out-of-memory kill, ``os._exit``, SIGKILL) fails that job with a message saying how
+  the worker died and where the job was; the worker is restarted and the next job runs. A job that has not stopped
+  ``cancel_grace_s`` after its cancel (env ``PRUNING_LAB_CANCEL_GRACE_S``, default 30 s) is terminated (the worker
+  killed and restarted) and reported as cancelled. ``run_fn`` must then be a module-level function (the worker
+  imports it). This process never loads a model: the fingerprint for the cache look-up comes from the worker
+  (a ``model_info`` task queued like a job, remembered per model), and ``model_info`` / the lab's runs are tasks
+  of the same queue (``submit_task``, ``call``, ``model_info``), so all heavy work obeys the one-per-device rule.
+
+Finished reports are written to the ``ResultStore`` by this process (the only writer), *before* ``JobFinished`` is
+relayed, so whatever a user sees is already cached; a config already in the store completes at once without being
+queued (in process mode: once the model's fingerprint is known here; before that, right after the worker reports it).
 
 This design follows the Gradio guidance for long jobs (progress from a plain thread is dropped; ``cancels=``
 does not stop a running function): the worker pushes events, the UI handler is a generator that drains them.
@@ -35,6 +50,7 @@ RunFn = Callable[[PruneConfig, Callable[[ev.Event], None], threading.Event], dic
 TERMINAL = (ev.JobFinished, ev.JobFailed, ev.JobCancelled)
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 _MAX_KEPT = 500  # finished jobs kept in memory for status queries
+_FROM_CACHE = object()  # _execute's value when the job was completed from the store
 
 
 class RunnerClosed(PruningError):
@@ -57,10 +73,13 @@ def fingerprint_for_config(config: PruneConfig) -> str:
 
 @dataclass
 class Job:
-    """One queued / running / finished run. ``history`` is the job's event log (append-only)."""
+    """One queued / running / finished run. ``history`` is the job's event log (append-only).
+
+    ``task`` is "prune" for a pruning job (``config``); other tasks ("model_info", "lab") carry ``payload`` instead and
+    leave their value in ``report``. ``error`` is the exception a failed job ended with."""
 
     id: str
-    config: PruneConfig
+    config: PruneConfig | None
     device: str
     owner: str | None = None
     status: str = QUEUED
@@ -72,6 +91,10 @@ class Job:
     finished: float | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     history: list = field(default_factory=list)
+    task: str = "prune"
+    payload: dict | None = None
+    use_cache: bool = True
+    error: BaseException | None = field(default=None, repr=False)
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
     @property
@@ -95,8 +118,9 @@ class Job:
         """Plain-data view for tables and APIs."""
         return {
             "id": self.id,
-            "label": self.config.label(),
-            "key": self.config.key(),
+            "label": self.config.label() if self.config is not None else self.task,
+            "key": self.config.key() if self.config is not None else None,
+            "task": self.task,
             "device": self.device,
             "status": self.status,
             "message": self.message,
@@ -108,14 +132,21 @@ class Job:
 
 
 class JobRunner:
-    """Queue of pruning jobs with one worker thread per device.
+    """Queue of pruning jobs (and other heavy tasks) with one worker thread -- and, unless ``in_process``, one worker
+    process -- per device.
 
-    run_fn:          ``(config, on_event, cancel) -> report``; default ``pruning.api.run_job``.
+    run_fn:          ``(config, on_event, cancel) -> report``; default ``pruning.api.run_job``. Out of process it must
+                     be a module-level function (the worker imports it by name).
     store:           where finished reports go (and cache hits come from); None: no caching.
-    fingerprint_fn:  ``config -> model fingerprint`` used for cache lookups before a run (default: the
-                     fingerprint of the model as ``run_job`` loads it); None or a failure: the most recent
-                     report for the config is used.
+    fingerprint_fn:  ``config -> model fingerprint`` used for cache lookups before a run (default: in process, the
+                     fingerprint of the model as ``run_job`` loads it; out of process, the one the worker reported
+                     for that model, never loading anything here); None or a failure: the most recent report for
+                     the config is used.
     device_key_fn:   ``config -> device key``; jobs with the same key run one at a time.
+    in_process:      True: run on a thread of this process; False: in a worker process per device (see the module).
+    worker_env:      extra environment variables of the worker processes (tests use it for fault injection).
+    cancel_grace_s:  out of process: seconds a cancelled job may run on before its worker is killed (default:
+                     ``PRUNING_LAB_CANCEL_GRACE_S`` or 30).
     """
 
     def __init__(
@@ -124,20 +155,35 @@ class JobRunner:
         store: ResultStore | None = None,
         fingerprint_fn: Callable[[PruneConfig], str | None] | None | str = "default",
         device_key_fn: Callable[[PruneConfig], str] = default_device_key,
+        in_process: bool = True,
+        worker_env: dict | None = None,
+        cancel_grace_s: float | None = None,
     ):
-        if run_fn is None:
+        self.in_process = bool(in_process)
+        self._fn_path = None
+        if not self.in_process:
+            from .worker import cancel_grace_s as grace_from_env, fn_path
+
+            self._fn_path = fn_path(run_fn) if run_fn is not None else "pruning.api:run_job"
+            self.cancel_grace_s = grace_from_env() if cancel_grace_s is None else float(cancel_grace_s)
+        else:
+            self.cancel_grace_s = cancel_grace_s
+        if run_fn is None and self.in_process:
             from .api import run_job as run_fn  # noqa: N813
         if fingerprint_fn == "default":
-            fingerprint_fn = fingerprint_for_config
+            fingerprint_fn = fingerprint_for_config if self.in_process else self._known_fingerprint
         self.run_fn = run_fn
         self.store = store
         self.fingerprint_fn = fingerprint_fn
         self.device_key_fn = device_key_fn
+        self.worker_env = dict(worker_env or {})
         self._lock = threading.Lock()
         self._queues: dict[str, collections.deque[Job]] = {}
         self._running: dict[str, Job | None] = {}
         self._wake: dict[str, threading.Condition] = {}
         self._workers: dict[str, threading.Thread] = {}
+        self._procs: dict = {}  # device -> pruning.worker.WorkerProcess (out of process only)
+        self._infos: dict[tuple, dict] = {}  # (model, device, dtype) -> model_info reported by a task
         self._jobs: dict[str, Job] = {}
         self._ids = itertools.count(1)
         self._closed = False
@@ -152,6 +198,8 @@ class JobRunner:
                 fp = self.fingerprint_fn(config)
             except Exception as e:  # noqa: BLE001 -- an unloadable model fails later, inside the job, with its message
                 log.info("fingerprint of %r unavailable (%s); using the latest stored run", config.model, e)
+        if fp is None and self.fingerprint_fn == self._known_fingerprint:
+            return None  # not known here yet: the worker reports it when the job starts, then the store is asked
         return self.store.get(config.key(), fp)
 
     def submit(self, config: PruneConfig, owner: str | None = None, use_cache: bool = True) -> Job:
@@ -159,23 +207,108 @@ class JobRunner:
         if self._closed:
             raise RunnerClosed("the job runner is shut down (the server is stopping); no new jobs are accepted")
         device = self.device_key_fn(config)
-        job = Job(id=f"job-{next(self._ids)}-{uuid.uuid4().hex[:8]}", config=config, device=device, owner=owner)
+        job = Job(id=f"job-{next(self._ids)}-{uuid.uuid4().hex[:8]}", config=config, device=device, owner=owner,
+                  use_cache=use_cache)
         hit = self.cached_report(config) if use_cache else None
+        if hit is not None:
+            with self._lock:
+                self._jobs[job.id] = job
+                self._forget_old()
+            self._complete_from_cache(job, hit)
+            return job
+        return self._enqueue(job)
+
+    def submit_task(self, task: str, payload: dict, device: str | None = None, owner: str | None = None) -> Job:
+        """Queue a heavy task other than a pruning job ("model_info", "lab"; see ``pruning.worker.TASKS``) on the
+        device's queue, like a job (same order, positions, cancel). Its value ends in ``job.report``."""
+        from .worker import TASKS
+
+        if self._closed:
+            raise RunnerClosed("the job runner is shut down (the server is stopping); no new jobs are accepted")
+        if task not in TASKS or task == "prune":
+            raise ValueError(f"task: unknown task {task!r}; allowed: {', '.join(t for t in TASKS if t != 'prune')}")
+        if device is None:
+            from .device import device_key
+
+            device = device_key(payload.get("device", "auto"))
+        job = Job(id=f"{task}-{next(self._ids)}-{uuid.uuid4().hex[:8]}", config=None, device=device, owner=owner,
+                  task=task, payload=dict(payload))
+        return self._enqueue(job)
+
+    def call(self, task: str, payload: dict, device: str | None = None, owner: str | None = None,
+             on_event: Callable[[ev.Event], None] | None = None, timeout: float | None = None):
+        """``submit_task`` and wait: the task's value, or its error raised (``events.Cancelled`` if cancelled).
+        ``timeout``: seconds to wait before the task is cancelled and TimeoutError raised (None: no limit)."""
+        job = self.submit_task(task, payload, device, owner)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cursor = 0
+        while not job.done:
+            new, cursor = job.wait(cursor, 0.2)
+            for e in new:
+                if on_event is not None and not isinstance(e, TERMINAL):
+                    on_event(e)
+            if deadline is not None and time.monotonic() > deadline and not job.done:
+                self.cancel(job.id, f"no answer within {timeout:g} s")
+                raise TimeoutError(f"{task}: no answer within {timeout:g} s (the device is busy with other jobs)")
+        if job.status == DONE:
+            return job.report
+        if job.status == CANCELLED:
+            raise ev.Cancelled(job.message)
+        if job.error is not None and getattr(job.error, "kind", None) == "input" and not isinstance(job.error, ValueError):
+            from .errors import InputError
+
+            raise InputError(job.message)  # a worker's input error: a ValueError here too, as in process
+        raise job.error if job.error is not None else RuntimeError(job.message)
+
+    def model_info(self, model: str, device: str = "auto", dtype: str = "auto", timeout: float | None = None) -> dict:
+        """Blocks, linears, fingerprint (and the cost model's shape facts) of a model, as the worker loads it: from
+        memory if a task reported it already, else a "model_info" task queued on the device (never loaded here)."""
+        key = (model, str(device), str(dtype))
+        hit = self._infos.get(key)
+        if hit is not None:
+            return hit
+        info = self.call("model_info", {"model": model, "device": device, "dtype": dtype}, timeout=timeout)
+        self._infos[key] = info
+        return info
+
+    def known_info(self, model: str, device: str | None = None, dtype: str | None = None) -> dict | None:
+        """model_info a task already reported for ``model`` (any device / dtype unless given), else None (never waits)."""
+        for (m, d, t), info in list(self._infos.items()):
+            if m == model and device in (None, d) and dtype in (None, t):
+                return info
+        return None
+
+    def _known_fingerprint(self, config: PruneConfig) -> str | None:
+        info = self._infos.get((config.model, str(config.device), str(config.dtype)))
+        return info["fingerprint"] if info else None
+
+    def worker_pid(self, device: str = "cpu") -> int | None:
+        """The pid of the device's worker process (None in process or before its first task)."""
+        proc = self._procs.get(device)
+        return proc.pid if proc is not None else None
+
+    def worker_restarts(self, device: str = "cpu") -> int:
+        proc = self._procs.get(device)
+        return proc.restarts if proc is not None else 0
+
+    def _enqueue(self, job: Job) -> Job:
+        device = job.device
         with self._lock:
             self._jobs[job.id] = job
             self._forget_old()
-            if hit is not None:
-                job.report, job.cached, job.status = dict(hit, cached=True), True, DONE
-                job.started = job.finished = time.time()
-                job.message = "returned from the result cache"
-                job.emit(ev.JobFinished(job.report))
-                return job
             self._queues.setdefault(device, collections.deque()).append(job)
             self._ensure_worker(device)
             cond = self._wake[device]
         with cond:
             cond.notify()
         return job
+
+    def _complete_from_cache(self, job: Job, hit: dict) -> None:
+        job.report, job.cached, job.status = dict(hit, cached=True), True, DONE
+        job.started = job.started or time.time()
+        job.finished = time.time()
+        job.message = "returned from the result cache"
+        job.emit(ev.JobFinished(job.report))
 
     def submit_many(self, configs: list[PruneConfig], owner: str | None = None) -> list[Job]:
         """A sweep: several independent jobs, queued in order."""
@@ -248,6 +381,8 @@ class JobRunner:
                 cond.notify_all()
         for t in list(self._workers.values()):
             t.join(timeout)
+        for proc in list(self._procs.values()):
+            proc.stop(timeout=min(timeout, 5.0))
 
     # -- worker ------------------------------------------------------------------------------------------
     def _ensure_worker(self, device: str) -> None:  # called with self._lock held
@@ -284,7 +419,59 @@ class JobRunner:
                 with self._lock:
                     self._running[device] = None
 
+    def _proc(self, device: str):
+        from .worker import WorkerProcess
+
+        proc = self._procs.get(device)
+        if proc is None:
+            proc = self._procs[device] = WorkerProcess(device, env=self.worker_env, grace_s=self.cancel_grace_s)
+        return proc
+
+    def _execute(self, job: Job, on_event: Callable[[ev.Event], None]):
+        """Run the job (or task) here or in the device's worker process; returns its value, or ``_FROM_CACHE``."""
+        from .worker import TASKS
+
+        if job.task != "prune":
+            if self.in_process:
+                return TASKS[job.task](job.payload, on_event, job.cancel_event)
+            return self._proc(job.device).run(job.task, job.payload, on_event, job.cancel_event)
+        if self.in_process:
+            return self.run_fn(job.config, on_event, job.cancel_event)
+        cfg = job.config
+        key = (cfg.model, str(cfg.device), str(cfg.dtype))
+        proc = self._proc(job.device)
+        if key not in self._infos:  # the fingerprint, for the cache look-up: the worker loads the model (it needs it anyway)
+            self._infos[key] = proc.run("model_info", {"model": cfg.model, "device": cfg.device, "dtype": cfg.dtype},
+                                        None, job.cancel_event)
+            if job.use_cache and self.store is not None:
+                hit = self.store.get(cfg.key(), self._infos[key]["fingerprint"])
+                if hit is not None:
+                    self._complete_from_cache(job, hit)
+                    return _FROM_CACHE
+        if job.cancel_event.is_set():
+            raise ev.Cancelled("cancelled by the user")
+        report = proc.run("prune", {"fn": self._fn_path, "config": cfg}, on_event, job.cancel_event)
+        self._learn(cfg, report, self._infos.get(key))
+        return report
+
+    @staticmethod
+    def _learn(config: PruneConfig, report: dict, info: dict | None) -> None:
+        """Out of process: the estimates of this process learn from the worker's run too (pruning.cost_model)."""
+        if not info or "shape" not in info:
+            return
+        try:
+            import torch
+
+            from . import cost_model
+
+            cost_model.observe(config, report.get("timings", {}), info["shape"], info.get("device", "cpu"),
+                               getattr(torch, info.get("dtype", "float32")))
+        except Exception as e:  # noqa: BLE001 -- an estimate's correction never fails a job
+            log.info("cost model not updated: %s", e)
+
     def _run(self, job: Job) -> None:
+        from .worker import WorkerDied, WorkerTaskError
+
         seen = {"finished": False, "reason": ""}
 
         def on_event(e: ev.Event) -> None:
@@ -302,21 +489,34 @@ class JobRunner:
             job.emit(e)
 
         try:
-            report = self.run_fn(job.config, on_event, job.cancel_event)
+            report = self._execute(job, on_event)
         except ev.Cancelled as e:
             job.status, job.finished = CANCELLED, time.time()
             job.message = seen["reason"] or str(e) or "cancelled by the user"
+            job.error = e
             job.emit(ev.JobCancelled(job.message))
             return
         except Exception as e:  # noqa: BLE001 -- reported to the user through JobFailed, never re-raised in a daemon thread
-            job.status, job.finished = FAILED, time.time()
+            job.status, job.finished, job.error = FAILED, time.time(), e
             kind = error_kind(e)
-            job.message = seen["reason"] or user_message(e)
-            if kind == INTERNAL:
-                log.exception("job %s failed", job.id)
+            if isinstance(e, (WorkerTaskError, WorkerDied)):  # the message was made for the user already
+                job.message = seen["reason"] or e.message
+            else:
+                job.message = seen["reason"] or user_message(e)
+            if isinstance(e, WorkerDied):
+                log.warning("job %s: %s", job.id, job.message)
+            elif kind == INTERNAL:
+                log.exception("job %s failed", job.id) if not isinstance(e, WorkerTaskError) else log.error(
+                    "job %s failed: %s", job.id, job.message)
             else:  # bad input or a numerical failure: the message says it all
                 log.info("job %s failed (%s): %s", job.id, kind, job.message)
             job.emit(ev.JobFailed(job.message, kind=kind))
+            return
+        if report is _FROM_CACHE:
+            return
+        if job.task != "prune":
+            job.report, job.status, job.finished = report, DONE, time.time()
+            job.emit(ev.JobFinished({"task": job.task}))
             return
         if not seen["finished"]:
             self._finish(job, report)

@@ -13,7 +13,9 @@ Statistics are captured on a private copy of the model (hooks on the shared one 
 a job evaluating it at the same time). A solver missing from the registry is reported as
 ``{"available": False, "reason": ...}``, never an error. The result holds numbers, strings, lists and numpy
 arrays (each solution's boolean ``mask`` and ``weight``, and the ``dense_weight``); no torch. How they are shown
-(mask agreement, histograms) is the UI's business (``ui.lab_view``).
+(mask agreement, histograms) is the UI's business (``ui.lab_view``). The app runs the lab as a task of the job
+runner (``JobRunner.submit_task("lab", ...)``: in the device's worker process, one at a time with the jobs, and
+cancellable like them).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import threading
 import time
 from typing import Callable
 
+from .events import Cancelled
 from .lru import LRU
 from .solve import prune_layer, validate_sparsity
 from .patterns import parse_pattern
@@ -82,12 +85,22 @@ def _declared(solver: str, options: dict) -> dict:
     return out
 
 
-def _run(problem, solver: str, sparsity: float, pattern: str, options: dict) -> dict:
+def _check_cancel(cancel) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled by the user")
+
+
+def _run(problem, solver: str, sparsity: float, pattern: str, options: dict, cancel=None) -> dict:
     trace: list[dict] = []
+
+    def on_iter(r: dict) -> None:
+        trace.append({k: v for k, v in r.items() if isinstance(v, (int, float, str, type(None)))})
+        _check_cancel(cancel)  # an iterative solver stops at its next iteration
+
+    _check_cancel(cancel)
     t0 = time.perf_counter()
     sol = prune_layer(problem.W, problem.G, problem.n_tokens, solver=solver, sparsity=sparsity, pattern=pattern,
-                      on_iter=lambda r: trace.append({k: v for k, v in r.items() if isinstance(v, (int, float, str, type(None)))}),
-                      **options)
+                      on_iter=on_iter, **options)
     return {"available": True, "solver": solver, "options": options, "rel_error": float(sol.rel_error),
             "seconds": time.perf_counter() - t0, "sparsity": float(sol.sparsity), "trace": trace or list(sol.trace),
             "_sol": sol}
@@ -96,8 +109,9 @@ def _run(problem, solver: str, sparsity: float, pattern: str, options: dict) -> 
 def run_lab(model_id: str, block: int, name: str, sparsity: float = 0.5, pattern: str = "unstructured",
             nsamples: int = 8, seqlen: int = 256, seed: int = 0, admm_iters: int | None = None,
             sparsefw_iters: int | None = None, device: str = "auto", dtype: str = "auto",
-            on_status: Callable[[str], None] | None = None) -> dict:
-    """All lab solvers on one layer. Raises ValueError (SolverError/PatternError) for a bad input.
+            on_status: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> dict:
+    """All lab solvers on one layer. Raises ValueError (SolverError/PatternError) for a bad input; setting ``cancel``
+    stops it before the next solver (or the next iteration of an iterative one) with ``events.Cancelled``.
 
     Returns {"layer": {...}, "greedy": {solver: rec}, "iterative": {label: rec}, "sparsefw": rec,
     "dense_weight": float32 (d_out, d_in)} where rec = {"available", "rel_error", "seconds", "sparsity", "trace",
@@ -111,14 +125,15 @@ def run_lab(model_id: str, block: int, name: str, sparsity: float = 0.5, pattern
     probs = layer_problems(model_id, block, nsamples, seqlen, seed, device=device, dtype=dtype)
     if name not in probs:
         raise SolverError(f"projection: {name!r} is not a linear of block {block}; allowed: {', '.join(probs)}")
-    out = solve_layer(probs[name], sparsity, pattern, admm_iters, sparsefw_iters, say)
+    out = solve_layer(probs[name], sparsity, pattern, admm_iters, sparsefw_iters, say, cancel=cancel)
     out["layer"].update({"model": model_id, "block": int(block), "name": name})
     return out
 
 
 def solve_layer(p, sparsity: float = 0.5, pattern: str = "unstructured", admm_iters: int | None = None,
-                sparsefw_iters: int | None = None, on_status: Callable[[str], None] | None = None) -> dict:
-    """The lab on one ``LayerProblem`` (see :func:`run_lab` for the result)."""
+                sparsefw_iters: int | None = None, on_status: Callable[[str], None] | None = None,
+                cancel: threading.Event | None = None) -> dict:
+    """The lab on one ``LayerProblem`` (see :func:`run_lab` for the result; ``cancel`` as there)."""
     say = on_status or (lambda s: None)
     pat = parse_pattern(pattern)
     pat.check_shape(p.W.shape[1])
@@ -130,7 +145,7 @@ def solve_layer(p, sparsity: float = 0.5, pattern: str = "unstructured", admm_it
         if s not in SOLVERS:
             out["greedy"][s] = {"available": False, "reason": f"solver {s!r} is not registered"}
             continue
-        out["greedy"][s] = _run(p, s, sparsity, pattern, {})
+        out["greedy"][s] = _run(p, s, sparsity, pattern, {}, cancel)
     for label, (solver, opts) in ITERATIVE.items():
         if solver not in SOLVERS:
             out["iterative"][label] = {"available": False, "reason": f"solver {solver!r} is not available in this build"}
@@ -141,11 +156,11 @@ def solve_layer(p, sparsity: float = 0.5, pattern: str = "unstructured", admm_it
             o["iters"] = int(admm_iters)
             if o.get("gradual_iters", 1) != 0:  # the gradual entry: at most admm_iters selections
                 o["gradual_iters"] = min(int(admm_iters), SOLVERS.get(solver).defaults().get("gradual_iters", 15))
-        out["iterative"][label] = _run(p, solver, sparsity, pattern, _declared(solver, o))
+        out["iterative"][label] = _run(p, solver, sparsity, pattern, _declared(solver, o), cancel)
     if "sparsefw" in SOLVERS:
         say("SparseFW…")
         o = {"iters": int(sparsefw_iters)} if sparsefw_iters is not None else {}
-        out["sparsefw"] = _run(p, "sparsefw", sparsity, pattern, _declared("sparsefw", o))
+        out["sparsefw"] = _run(p, "sparsefw", sparsity, pattern, _declared("sparsefw", o), cancel)
     else:
         out["sparsefw"] = {"available": False, "reason": "SparseFW is not available in this build"}
 

