@@ -67,14 +67,19 @@ def outputs(view: JobView, force: bool = False) -> tuple:
     d = view.dirty
     fig = plots.layer_error_figure(view.layers, view.n_blocks or None) if (d["layers"] or force) else gr.skip()
     log = "\n".join(view.log) if (d["log"] or force) else gr.skip()
-    metrics = render.metrics_html(view.report, view.dense_ppl, view.pruned_ppl, view.state) if (d["metrics"] or force) else gr.skip()
+    if d["metrics"] or force:
+        shown, note = view.pruned_ppl_shown()  # while evaluating: the running value, "after k/n windows"
+        metrics = render.metrics_html(view.report, view.dense_ppl, shown, view.state, note)
+    else:
+        metrics = gr.skip()
+    gens = (render.generations_html(view.generations(), view.cfg.max_new_tokens)
+            if (d["gens"] or d["report"] or force) else gr.skip())  # streamed token by token, dense beside pruned
     if d["report"] or force:
         r = view.report
-        gens = render.generations_html((r or {}).get("generations") or [], view.cfg.max_new_tokens)
         table = pd.DataFrame(view.layer_rows(), columns=LAYER_COLUMNS)
         rep = r if r is not None else {"config": view.cfg.to_dict(), "key": view.cfg.key(), "status": view.state}
     else:
-        gens = table = rep = gr.skip()
+        table = rep = gr.skip()
     view.dirty = {k: False for k in view.dirty}
     return view.progress(), fig, log, metrics, gens, table, rep
 
