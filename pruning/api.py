@@ -26,7 +26,7 @@ from .config import CalibConfig, PruneConfig
 from .device import cpu_has_native_bf16, resolve_device, resolve_dtype  # noqa: F401 -- re-exported (public names)
 from .engine import DEFAULT as ENGINE
 from .errors import error_kind, user_message
-from .evaluate import generate, perplexity
+from .evaluate import generate, perplexity, stream_batch_size
 from .settings import cache_dir
 
 _LOCK = ENGINE.load_lock  # held for a whole model load (kept as a name for callers that wait on it)
@@ -76,8 +76,25 @@ def _dense_cache_path(key: str):
     return d / f"{key}.json"
 
 
-def dense_baseline(config: PruneConfig, model, tokenizer, fingerprint: str, eval_ids: torch.Tensor, cancel=None) -> dict:
-    """Dense perplexity and generations, cached in memory and on disk per model + evaluation + prompts."""
+def _streaming(emit: Callable[[ev.Event], None], which: str, prompts) -> tuple[Callable, Callable]:
+    """(on_progress for ``perplexity``, on_text for ``generate``) that emit ``EvalProgress`` / ``GenerationProgress``."""
+    prompts = list(prompts)
+
+    def on_progress(done: int, total: int, ppl: float) -> None:
+        emit(ev.EvalProgress(which, done, total, ppl))
+
+    def on_text(i: int, text: str, done: bool) -> None:
+        emit(ev.GenerationProgress(which, i, prompts[i], text, done))
+
+    return on_progress, on_text
+
+
+def dense_baseline(config: PruneConfig, model, tokenizer, fingerprint: str, eval_ids: torch.Tensor, cancel=None,
+                   on_event: Callable[[ev.Event], None] | None = None) -> dict:
+    """Dense perplexity and generations, cached in memory and on disk per model + evaluation + prompts.
+
+    ``on_event``: when they are computed here (not cached), the running perplexity and the growing generations are
+    streamed as ``EvalProgress`` / ``GenerationProgress`` events (which='dense')."""
     blob = json.dumps({"fp": fingerprint, "eval": config.eval.key_dict(), "dtype": str(next(model.parameters()).dtype),
                        "dev": next(model.parameters()).device.type, "prompts": list(config.prompts),
                        "new": config.max_new_tokens, "n": int(eval_ids.shape[0])}, sort_keys=True)
@@ -92,10 +109,11 @@ def dense_baseline(config: PruneConfig, model, tokenizer, fingerprint: str, eval
             return dict(res, cached=True)
         except (OSError, ValueError):
             pass
+    on_progress, on_text = _streaming(on_event, "dense", config.prompts) if on_event is not None else (None, None)
     t0 = time.perf_counter()
-    ppl = perplexity(model, eval_ids, cancel=cancel)
+    ppl = perplexity(model, eval_ids, stream_batch_size(model), cancel=cancel, on_progress=on_progress)
     t1 = time.perf_counter()
-    gens = generate(model, tokenizer, config.prompts, config.max_new_tokens)
+    gens = generate(model, tokenizer, config.prompts, config.max_new_tokens, on_text=on_text)
     res = {"ppl": ppl, "generations": gens, "eval_seconds": t1 - t0, "generate_seconds": time.perf_counter() - t1}
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(res))
@@ -138,9 +156,12 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
             raise ev.Cancelled("cancelled by the user")
         emit(ev.PhaseStarted("dense-eval", f"{eval_ids.shape[0]} windows × {eval_ids.shape[1]} tokens"))
         t0 = time.perf_counter()
-        dense = dense_baseline(config, model, tok, fp, eval_ids, cancel)
+        dense = dense_baseline(config, model, tok, fp, eval_ids, cancel, on_event=emit)
         timings["dense_eval"] = time.perf_counter() - t0
         emit(ev.Evaluated("dense", e.source, dense["ppl"], timings["dense_eval"]))
+        if dense.get("cached"):  # the dense continuations at once, so the pruned ones grow beside them
+            for i, (p, d) in enumerate(zip(config.prompts, dense["generations"])):
+                emit(ev.GenerationProgress("dense", i, p, d, True))
         t0 = time.perf_counter()
         pruned = copy.deepcopy(model)
         timings["copy"] = time.perf_counter() - t0
@@ -149,12 +170,13 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
             timings["prune_" + k if k == "total" else k] = v
         emit(ev.PhaseStarted("pruned-eval", f"{eval_ids.shape[0]} windows"))
         t0 = time.perf_counter()
-        ppl = perplexity(pruned, eval_ids, cancel=cancel)
+        on_progress, on_text = _streaming(emit, "pruned", config.prompts)
+        ppl = perplexity(pruned, eval_ids, stream_batch_size(pruned), cancel=cancel, on_progress=on_progress)
         timings["pruned_eval"] = time.perf_counter() - t0
         emit(ev.Evaluated("pruned", e.source, ppl, timings["pruned_eval"]))
         emit(ev.PhaseStarted("generate", f"{len(config.prompts)} prompts"))
         t0 = time.perf_counter()
-        gens_p = generate(pruned, tok, config.prompts, config.max_new_tokens)
+        gens_p = generate(pruned, tok, config.prompts, config.max_new_tokens, on_text=on_text)
         timings["generate"] = time.perf_counter() - t0
         generations = []
         for p, d, q in zip(config.prompts, dense["generations"], gens_p):

@@ -73,6 +73,29 @@ class Evaluated(Event):
 
 
 @dataclass(frozen=True)
+class EvalProgress(Event):
+    """The running perplexity of an evaluation after ``done`` of its ``total`` windows: exp(mean window loss so far);
+    equal to the final ``Evaluated.ppl`` at done = total (the number appears early and settles)."""
+
+    which: str  # 'dense' | 'pruned'
+    done: int
+    total: int
+    ppl: float
+
+
+@dataclass(frozen=True)
+class GenerationProgress(Event):
+    """A greedy continuation as it grows, token by token: ``text`` is everything generated so far for prompt number
+    ``index`` (``which``: 'dense' | 'pruned'); ``done`` on the last token. ``Generated`` still follows with both."""
+
+    which: str
+    index: int
+    prompt: str
+    text: str
+    done: bool = False
+
+
+@dataclass(frozen=True)
 class Generated(Event):
     prompt: str
     dense: str

@@ -103,3 +103,39 @@ def test_sweep_expansion():
         forms.sweep_from_form("m", ["wanda"], ["unstructured"], "0.5", None, 64, 2, 64)
     with pytest.raises(ConfigError, match=r"at most 48"):
         forms.sweep_from_form("m", ["magnitude", "wanda"], ["unstructured"], ",".join(str(i / 100) for i in range(1, 30)), 2, 64, 2, 64)
+
+
+def test_app_sizes_follow_the_device(monkeypatch):
+    """A monkeypatched device probe: on CUDA the form and an API call get the papers' sizes, on a CPU the interactive
+    default; sizes given explicitly always win."""
+    import torch
+
+    from pruning.config import CPU_SIZES, GPU_SIZES
+
+    cpu = forms.size_defaults("auto")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu = forms.size_defaults("auto")
+    assert gpu == {"nsamples": GPU_SIZES[0], "seqlen": GPU_SIZES[1], "eval_windows": 0, "eval_seqlen": GPU_SIZES[1]}
+    cfg = forms.parse_config({"solver": "wanda"})  # what gradio_client sends when it leaves the sizes out
+    assert (cfg.calib.nsamples, cfg.calib.seqlen, cfg.eval.windows, cfg.eval.seqlen) == (128, 2048, 0, 2048)
+    assert forms.parse_config({"solver": "wanda", "device": "cpu"}).calib.nsamples == CPU_SIZES[0]
+    given = forms.parse_config({"calib": {"nsamples": 4, "seqlen": 64}, "eval": {"windows": 2, "seqlen": 64}})
+    assert (given.calib.nsamples, given.calib.seqlen, given.eval.windows, given.eval.seqlen) == (4, 64, 2, 64)
+    assert given.batch_size > 1  # forwards batched
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert forms.size_defaults("auto") == cpu == {"nsamples": CPU_SIZES[0], "seqlen": CPU_SIZES[1],
+                                                  "eval_windows": CPU_SIZES[2], "eval_seqlen": CPU_SIZES[1]}
+    assert forms.parse_config({"solver": "wanda"}) == PruneConfig(solver="wanda")  # CPU: exactly the engine's defaults
+    with pytest.raises(ConfigError, match="device"):
+        forms.parse_config({"device": "tpu"})
+
+
+def test_size_presets_are_the_engine_sizes():
+    from pruning.config import CPU_SIZES, GPU_SIZES
+
+    presets = list(forms.size_presets().values())
+    assert presets[0] == {"nsamples": CPU_SIZES[0], "seqlen": CPU_SIZES[1], "eval_windows": CPU_SIZES[2], "eval_seqlen": CPU_SIZES[1]}
+    assert presets[1] == {"nsamples": GPU_SIZES[0], "seqlen": GPU_SIZES[1], "eval_windows": GPU_SIZES[2], "eval_seqlen": GPU_SIZES[1]}
+    for p in presets:  # every preset is a valid config
+        forms.parse_config({"calib": {"nsamples": p["nsamples"], "seqlen": p["seqlen"]},
+                            "eval": {"windows": p["eval_windows"], "seqlen": p["eval_seqlen"]}})

@@ -133,3 +133,26 @@ def test_queue_position_and_layer_rows():
     assert view.layer_rows() == [{"block": 0, "layer": "self_attn.q_proj", "rel. error": 0.012346, "sparsity": 0.5,
                                   "seconds": 0.25}]
     assert view.dirty["layers"] and len(view.log) == 1
+
+
+def test_running_perplexity_and_streamed_generations_are_shown_until_the_report():
+    view, clock = _view()
+    view.apply(ev.Evaluated("dense", "wiki-sample", 20.0, 0.0))
+    view.apply(ev.GenerationProgress("dense", 0, "Hi", "there friend", True))
+    view.apply(ev.PhaseStarted("pruned-eval", "4 windows"))
+    assert view.pruned_ppl_shown() == (None, "")
+    view.dirty = {k: False for k in view.dirty}
+    view.apply(ev.EvalProgress("pruned", 1, 4, 31.5))
+    assert view.dirty["metrics"] and view.pruned_ppl_shown() == (31.5, "after 1/4 windows")
+    view.apply(ev.EvalProgress("pruned", 4, 4, 30.25))
+    view.apply(ev.Evaluated("pruned", "wiki-sample", 30.25, 1.0))
+    assert view.pruned_ppl_shown() == (30.25, "")  # the final value, no longer settling
+    view.dirty = {k: False for k in view.dirty}
+    view.apply(ev.GenerationProgress("pruned", 0, "Hi", "the", False))
+    assert view.dirty["gens"]
+    assert view.generations() == [{"prompt": "Hi", "dense": "there friend", "pruned": "the"}]
+    view.apply(ev.GenerationProgress("pruned", 1, "Yo", "a", False))  # a second prompt starts its row
+    assert view.generations()[1] == {"prompt": "Yo", "dense": "", "pruned": "a"}
+    report = {"generations": [{"prompt": "Hi", "dense": "there friend", "pruned": "the end"}], "layers": []}
+    view.apply(ev.JobFinished(report))
+    assert view.generations() == report["generations"]  # the report is what stays

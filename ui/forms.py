@@ -27,6 +27,25 @@ EVAL_DEFAULTS = EvalConfig()
 DEFAULT_SOLVER = DEFAULTS.solver
 
 
+def size_defaults(device: str = "auto") -> dict:
+    """The calibration and evaluation sizes the forms start from on ``device``: the engine's
+    ``CalibConfig.for_device`` / ``EvalConfig.for_device`` (CPU: the interactive default; a GPU: the papers'
+    128 × 2048 calibration and every evaluation window), as {nsamples, seqlen, eval_windows, eval_seqlen}."""
+    c, e = CalibConfig.for_device(device), EvalConfig.for_device(device)
+    return {"nsamples": c.nsamples, "seqlen": c.seqlen, "eval_windows": e.windows, "eval_seqlen": e.seqlen}
+
+
+def size_presets() -> dict[str, dict]:
+    """The run sizes one click away on the Prune tab: label -> {nsamples, seqlen, eval_windows, eval_seqlen}."""
+    from pruning.config import CPU_SIZES, GPU_SIZES
+
+    def sizes(t):
+        return {"nsamples": t[0], "seqlen": t[1], "eval_windows": t[2], "eval_seqlen": t[1]}
+
+    return {f"Interactive ({CPU_SIZES[0]} × {CPU_SIZES[1]}, {CPU_SIZES[2]} eval windows)": sizes(CPU_SIZES),
+            f"Paper ({GPU_SIZES[0]} × {GPU_SIZES[1]}, every eval window)": sizes(GPU_SIZES)}
+
+
 def pattern_choices() -> list[str]:
     """The named patterns plus the N:M examples the registry lists ("N:M (e.g. 2:4, 4:8)" -> 2:4, 4:8)."""
     out = []
@@ -164,6 +183,27 @@ def config_from_form(form: dict, option_values: list, refs: list[OptionRef]) -> 
         raise ConfigError(relabel(str(e), PRUNE_LABELS)) from None
 
 
+def _with_device_sizes(config: dict) -> dict:
+    """``config`` with the sizes it leaves out taken from its device (``size_defaults``), so that an API call on a GPU
+    gets the papers' sizes as the form does; on a CPU they are the dataclass defaults anyway."""
+    calib, ev = config.get("calib"), config.get("eval")
+    if (calib is not None and not isinstance(calib, dict)) or (ev is not None and not isinstance(ev, dict)):
+        return config  # a CalibConfig / EvalConfig given whole, or a wrong type (PruneConfig names it)
+    calib, ev = dict(calib or {}), dict(ev or {})
+    if all(k in calib for k in ("nsamples", "seqlen")) and all(k in ev for k in ("windows", "seqlen")):
+        return config
+    dev = config.get("device") or DEFAULTS.device
+    try:
+        sizes = size_defaults(dev)
+    except ValueError:
+        return config  # an unknown device: PruneConfig says so, naming the field
+    calib.setdefault("nsamples", sizes["nsamples"])
+    calib.setdefault("seqlen", sizes["seqlen"])
+    ev.setdefault("windows", sizes["eval_windows"])
+    ev.setdefault("seqlen", sizes["eval_seqlen"])
+    return {**config, "calib": calib, "eval": ev}
+
+
 def parse_config(config) -> PruneConfig:
     """dict or JSON string -> PruneConfig; every problem becomes a ConfigError naming the field."""
     if isinstance(config, str):
@@ -174,7 +214,7 @@ def parse_config(config) -> PruneConfig:
     if not isinstance(config, dict):
         raise ConfigError(f"config: expected an object with fields such as solver, sparsity, pattern; got {type(config).__name__}")
     try:
-        return PruneConfig.from_dict(config)
+        return PruneConfig.from_dict(_with_device_sizes(config))
     except TypeError as e:  # unknown field names
         raise ConfigError(f"config: {e}; allowed fields: {', '.join(PruneConfig.__dataclass_fields__)}") from None
     except ValueError as e:

@@ -49,12 +49,14 @@ class JobView:
         self.prune_ended: float | None = None
         self.dense_ppl = self.pruned_ppl = None
         self.dense_eval_s = 0.0
+        self.running: dict[str, tuple[int, int, float]] = {}  # which -> (windows done, total, running perplexity)
+        self.gens: list[dict] = []  # {"prompt", "dense", "pruned"} as the continuations grow (GenerationProgress)
         self.report: dict | None = None
         self.state = "queued"
         self.kind = ""
         self.message = ""
         self.position: int | None = None
-        self.dirty = {"layers": True, "log": True, "metrics": True, "report": True}
+        self.dirty = {"layers": True, "log": True, "metrics": True, "report": True, "gens": True}
 
     def note(self, text: str) -> None:
         self.log.append(f"[{self.clock() - self.t0:7.1f}s] {text}")
@@ -93,6 +95,15 @@ class JobView:
                 self.pruned_ppl = e.ppl
             self.dirty["metrics"] = True
             self.note(f"{e.which} perplexity on {e.split}: {e.ppl:.3f} ({e.seconds:.1f}s)")
+        elif isinstance(e, ev.EvalProgress):
+            self.running[e.which] = (e.done, e.total, e.ppl)
+            self.dirty["metrics"] = True
+        elif isinstance(e, ev.GenerationProgress):
+            while len(self.gens) <= e.index:
+                self.gens.append({"prompt": "", "dense": "", "pruned": ""})
+            g = self.gens[e.index]
+            g["prompt"], g[e.which] = e.prompt, e.text
+            self.dirty["gens"] = True
         elif isinstance(e, ev.Generated):
             self.note(f"generated for {e.prompt[:40]!r}")
         elif isinstance(e, ev.JobFinished):
@@ -171,6 +182,21 @@ class JobView:
     def progress(self) -> str:
         title, detail, state = self.status()
         return render.progress_html(self.fraction(), title, detail, state)
+
+    def pruned_ppl_shown(self) -> tuple[float | None, str]:
+        """(the pruned perplexity to show, a note): the final value, or while the pruned model is evaluated the
+        running one with "after k/n windows" (it settles as windows are added)."""
+        if self.pruned_ppl is not None:
+            return self.pruned_ppl, ""
+        run = self.running.get("pruned")
+        if run is None:
+            return None, ""
+        done, total, ppl = run
+        return ppl, f"after {done}/{total} windows"
+
+    def generations(self) -> list[dict]:
+        """The continuations to show: the report's once finished, else those streamed so far."""
+        return list((self.report or {}).get("generations") or self.gens)
 
     def layer_rows(self) -> list[dict]:
         return [{"block": l["block"], "layer": l["name"], "rel. error": round(float(l["rel_error"]), 6),

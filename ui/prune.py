@@ -25,7 +25,7 @@ from . import engine, plots, render
 from .exporting import export_zip
 from .base import App, Tab
 from .forms import (CALIB_DEFAULTS, DEFAULT_SOLVER, DEFAULTS, EVAL_DEFAULTS, FORM_FIELDS, PRUNE_LABELS, OptionRef, calib_sources,
-                    config_from_form, option_refs, parse_config, pattern_choices, relabel)
+                    config_from_form, option_refs, parse_config, pattern_choices, relabel, size_defaults, size_presets)
 from .jobview import JobView
 
 YIELD_EVERY = 1.0  # s between streamed UI updates while layers finish (bursts are coalesced; each update costs the job CPU)
@@ -67,14 +67,19 @@ def outputs(view: JobView, force: bool = False) -> tuple:
     d = view.dirty
     fig = plots.layer_error_figure(view.layers, view.n_blocks or None) if (d["layers"] or force) else gr.skip()
     log = "\n".join(view.log) if (d["log"] or force) else gr.skip()
-    metrics = render.metrics_html(view.report, view.dense_ppl, view.pruned_ppl, view.state) if (d["metrics"] or force) else gr.skip()
+    if d["metrics"] or force:
+        shown, note = view.pruned_ppl_shown()  # while evaluating: the running value, "after k/n windows"
+        metrics = render.metrics_html(view.report, view.dense_ppl, shown, view.state, note)
+    else:
+        metrics = gr.skip()
+    gens = (render.generations_html(view.generations(), view.cfg.max_new_tokens)
+            if (d["gens"] or d["report"] or force) else gr.skip())  # streamed token by token, dense beside pruned
     if d["report"] or force:
         r = view.report
-        gens = render.generations_html((r or {}).get("generations") or [], view.cfg.max_new_tokens)
         table = pd.DataFrame(view.layer_rows(), columns=LAYER_COLUMNS)
         rep = r if r is not None else {"config": view.cfg.to_dict(), "key": view.cfg.key(), "status": view.state}
     else:
-        gens = table = rep = gr.skip()
+        table = rep = gr.skip()
     view.dirty = {k: False for k in view.dirty}
     return view.progress(), fig, log, metrics, gens, table, rep
 
@@ -124,13 +129,16 @@ class PruneTab(Tab):
                             self.option_inputs.append(_option_control(ref))
                     gr.Markdown("<span class='pl-muted'>Options appear for the selected solver; defaults are the papers' "
                                 "settings. Terms such as OBS, Gram, ρ or FW gap: see the glossary in About.</span>")
+                sizes = size_defaults(DEFAULTS.device)  # follow the device: the papers' sizes on a GPU
                 with gr.Accordion("Calibration and evaluation", open=False):
                     with gr.Row():
-                        self.nsamples = gr.Number(value=CALIB_DEFAULTS.nsamples, precision=0, label="Calibration windows", min_width=120)
-                        self.seqlen = gr.Number(value=CALIB_DEFAULTS.seqlen, precision=0, label="Tokens per window", min_width=120)
+                        self.nsamples = gr.Number(value=sizes["nsamples"], precision=0, label="Calibration windows", min_width=120)
+                        self.seqlen = gr.Number(value=sizes["seqlen"], precision=0, label="Tokens per window", min_width=120)
                     with gr.Row():
-                        self.eval_windows = gr.Number(value=EVAL_DEFAULTS.windows, precision=0, label="Eval windows (0 = all)", min_width=120)
-                        self.eval_seqlen = gr.Number(value=EVAL_DEFAULTS.seqlen, precision=0, label="Eval tokens per window", min_width=120)
+                        self.eval_windows = gr.Number(value=sizes["eval_windows"], precision=0, label="Eval windows (0 = all)", min_width=120)
+                        self.eval_seqlen = gr.Number(value=sizes["eval_seqlen"], precision=0, label="Eval tokens per window", min_width=120)
+                    with gr.Row():  # run sizes one click away
+                        self.size_buttons = {label: gr.Button(label, size="sm") for label in size_presets()}
                     self.calib_source = gr.Dropdown(choices=calib_sources(), value=CALIB_DEFAULTS.source, allow_custom_value=True,
                                                     label="Text", info="Embedded Wikipedia sample (offline); wikitext2 / c4 need "
                                                     "the network; or 'text:' + pasted text, or a path to a UTF-8 text file")
@@ -202,6 +210,10 @@ class PruneTab(Tab):
                            api_visibility="private", queue=False)
         self.update.change(lambda u: toggle(self.update_groups, u), self.update, update_groups, show_progress="hidden",
                            api_visibility="private", queue=False)
+        for label, sizes in size_presets().items():
+            self.size_buttons[label].click(lambda s=sizes: (s["nsamples"], s["seqlen"], s["eval_windows"], s["eval_seqlen"]),
+                                           None, [self.nsamples, self.seqlen, self.eval_windows, self.eval_seqlen],
+                                           show_progress="hidden", api_visibility="private", queue=False)
 
         # Run: the bar shows at once what is wrong (replacing an earlier failure's text), the toast says it too
         run = self.run_btn.click(self.check, form, [self.progress, self.cancel_msg], api_visibility="private",

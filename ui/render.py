@@ -58,8 +58,9 @@ def _card(label: str, value: str, sub: str = "", color: str = "#212529") -> str:
 
 
 def metrics_html(report: dict | None, dense_ppl: float | None = None, pruned_ppl: float | None = None,
-                 state: str = "running") -> str:
-    """Cards: dense vs pruned perplexity, achieved sparsity, time per phase. ``state``: running | cancelled | failed."""
+                 state: str = "running", pruned_note: str = "") -> str:
+    """Cards: dense vs pruned perplexity, achieved sparsity, time per phase. ``state``: running | cancelled | failed.
+    ``pruned_note``: shown under a pruned perplexity that is still settling (e.g. "after 3/8 windows")."""
     if report is None and dense_ppl is None:
         return '<div style="color:#868e96;padding:8px 0">Results appear here when the job finishes.</div>'
     r = report or {}
@@ -70,7 +71,7 @@ def metrics_html(report: dict | None, dense_ppl: float | None = None, pruned_ppl
     if p is not None and d:
         ratio = p / d
         color = "#2b8a3e" if ratio < 1.25 else ("#e67700" if ratio < 2 else "#c92a2a")
-        cards.append(_card("pruned perplexity", f"{p:.3f}", f"×{ratio:.2f} vs dense", color))
+        cards.append(_card("pruned perplexity", f"{p:.3f}", f"×{ratio:.2f} vs dense" + (f" · {pruned_note}" if pruned_note else ""), color))
     else:
         waiting = report is None and state == "running"
         cards.append(_card("pruned perplexity", "…" if waiting else "–", "" if waiting else (state if report is None else "")))
