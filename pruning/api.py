@@ -143,6 +143,9 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
         from .pipeline import validate_model_for_pattern
 
         validate_model_for_pattern(model, config.pattern)
+        from .config import check_job_memory
+
+        check_job_memory(config, model)  # refused with the estimate and the limit before any work
         c, e = config.calib, config.eval
         if e.zeroshot:
             from .zeroshot import check_tasks

@@ -120,6 +120,36 @@ class EvalConfig:
         return d
 
 
+def _option_pairs(options) -> dict:
+    """Solver/update options as a dict: from a dict or (name, value) pairs; anything else is a ConfigError."""
+    if isinstance(options, dict):
+        items = options
+    else:
+        try:
+            items = dict(options)
+        except (TypeError, ValueError):
+            raise ConfigError(f"options: expected an object {{option name: value}} such as {{\"iters\": 20}}, "
+                              f"got {str(options)[:80]!r}") from None
+    bad = [k for k in items if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"options: option names must be text; got {bad[0]!r}")
+    return dict(items)
+
+
+def _prompts(prompts) -> tuple:
+    """Prompts as a tuple of strings: one string is one prompt; numbers are written as text; nothing else."""
+    if isinstance(prompts, str):
+        return (prompts,)
+    try:
+        items = list(prompts)
+    except TypeError:
+        raise ConfigError(f"prompts: expected a list of texts, got {type(prompts).__name__}") from None
+    for p in items:
+        if isinstance(p, bool) or not isinstance(p, (str, int, float)):
+            raise ConfigError(f"prompts: expected a list of texts; one item is a {type(p).__name__} ({str(p)[:40]!r})")
+    return tuple(str(p) for p in items)
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     model: str = DEFAULT_MODEL
@@ -165,7 +195,7 @@ class PruneConfig:
         if pat.is_nm:
             s = pat.n / pat.m  # N:M fixes the sparsity
         object.__setattr__(self, "sparsity", round(s, 6))
-        opts = dict(self.options) if not isinstance(self.options, dict) else self.options
+        opts = _option_pairs(self.options)
         from .solve import split_options
 
         try:
@@ -181,11 +211,18 @@ class PruneConfig:
             raise ConfigError(f"dtype: {self.dtype!r} not allowed; allowed: {', '.join(DTYPES)}")
         object.__setattr__(self, "batch_size", _check_int("batch_size", self.batch_size, 1, 4096))
         object.__setattr__(self, "max_new_tokens", _check_int("max_new_tokens", self.max_new_tokens, 0, 2048))
-        object.__setattr__(self, "prompts", tuple(str(p) for p in self.prompts))
-        if isinstance(self.calib, dict):
-            object.__setattr__(self, "calib", CalibConfig(**self.calib))
-        if isinstance(self.eval, dict):
-            object.__setattr__(self, "eval", EvalConfig(**self.eval))
+        object.__setattr__(self, "prompts", _prompts(self.prompts))
+        for name, cls in (("calib", CalibConfig), ("eval", EvalConfig)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                unknown = [str(k) for k in value if k not in cls.__dataclass_fields__]
+                if unknown:
+                    raise ConfigError(f"{name}: unknown field {', '.join(map(repr, unknown[:5]))}; "
+                                      f"allowed fields: {', '.join(cls.__dataclass_fields__)}")
+                object.__setattr__(self, name, cls(**value))
+            elif not isinstance(value, cls):
+                raise ConfigError(f"{name}: expected an object with fields {', '.join(cls.__dataclass_fields__)}; "
+                                  f"got {type(value).__name__}")
         self._check_allocation()
 
     @property
@@ -335,3 +372,172 @@ def sweep_configs(base: PruneConfig, solvers: Iterable[str], sparsities: Iterabl
                     seen.add(cfg.key())
                     out.append(cfg)
     return out
+
+
+# -- what one visitor of the app may ask (pruning.settings.LIMITS; the CLI and the API are not limited) ----------
+_PATH_SOURCES = ("wikitext2:", "c4:", "file:")
+
+
+def _source_path(source: str) -> str | None:
+    """The local path a text source reads, or None (named sources, pasted text)."""
+    src = str(source).strip()
+    if src.startswith("text:") or src.lower() in CALIB_SOURCES:
+        return None
+    for prefix in _PATH_SOURCES:
+        if src.lower().startswith(prefix):
+            return src[len(prefix):].strip() or None
+    return src
+
+
+def check_visitor(config: PruneConfig, environ=None) -> PruneConfig:
+    """Refuse what a visitor of the web app may not ask: sizes over this server's limits (``pruning.settings``
+    ``PRUNING_LAB_MAX_*``, defaults sized to the device) and, in public mode, models and text files outside the
+    operator's allow-lists. Raises ConfigError naming the field, the limit and its variable; returns ``config``."""
+    import os
+
+    from . import settings
+
+    try:
+        from .device import is_accelerator
+
+        acc = is_accelerator(config.device)
+    except ValueError:
+        acc = False  # the device itself is refused later, with its own message
+    lim = lambda name: settings.limit(name, acc, environ)  # noqa: E731
+    c, e = config.calib, config.eval
+    if c.seqlen > lim("seqlen"):
+        raise ConfigError(f"seqlen: {settings.limit_message('seqlen', c.seqlen, lim('seqlen'))}")
+    if e.seqlen > lim("seqlen"):
+        raise ConfigError(f"eval_seqlen: {settings.limit_message('seqlen', e.seqlen, lim('seqlen'))}")
+    if c.nsamples * c.seqlen > lim("calib_tokens"):
+        raise ConfigError(f"nsamples: {c.nsamples} × {c.seqlen} = "
+                          f"{settings.limit_message('calib_tokens', f'{c.nsamples * c.seqlen:,}', lim('calib_tokens'))}")
+    if e.windows > lim("eval_windows"):
+        raise ConfigError(f"eval_windows: {settings.limit_message('eval_windows', e.windows, lim('eval_windows'))}; "
+                          f"0 (all the split's windows) is also allowed")
+    if len(config.prompts) > lim("prompts"):
+        raise ConfigError(f"prompts: {settings.limit_message('prompts', len(config.prompts), lim('prompts'))}")
+    for p in config.prompts:
+        if len(p) > lim("prompt_chars"):
+            raise ConfigError(f"prompts: a prompt of {len(p):,} characters; "
+                              f"{settings.limit_message('prompt_chars', len(p), lim('prompt_chars'))}")
+    if config.max_new_tokens > lim("new_tokens"):
+        raise ConfigError(f"max_new_tokens: {settings.limit_message('new_tokens', config.max_new_tokens, lim('new_tokens'))}")
+    public = settings.public_mode(environ)
+    for field_name, src in (("calib", c.source), ("eval", e.source)):
+        src = str(src)
+        if src.startswith("text:") and len(src) - 5 > lim("text_chars"):
+            raise ConfigError(f"{field_name}: pasted text of {len(src) - 5:,} characters; "
+                              f"{settings.limit_message('text_chars', len(src) - 5, lim('text_chars'))}")
+        path = _source_path(src)
+        if path is None:
+            continue
+        if public and not settings.is_under(path, settings.text_dirs(environ)):
+            roots = ", ".join(map(str, settings.text_dirs(environ))) or "none configured"
+            raise ConfigError(f"{field_name}: text files are not served on this public server outside "
+                              f"{settings.TEXT_DIRS_ENV} ({roots}); allowed: {', '.join(CALIB_SOURCES[:2])}, "
+                              f"or 'text:' + pasted text")
+        try:
+            size = os.path.getsize(os.path.expanduser(path))
+        except (OSError, ValueError):
+            continue  # not a file: the data layer says what it is
+        if size > lim("text_chars"):
+            raise ConfigError(f"{field_name}: a text file of {size:,} bytes; "
+                              f"{settings.limit_message('text_chars', f'{size:,}', lim('text_chars'))}")
+    if public:
+        from .models import check_public_model
+
+        check_public_model(config.model, environ)
+    return config
+
+
+def check_sweep_size(n: int, environ=None, device="auto") -> None:
+    """A sweep of ``n`` runs over ``PRUNING_LAB_MAX_SWEEP`` is refused (ConfigError naming ``sweep``)."""
+    from . import settings
+
+    try:
+        from .device import is_accelerator
+
+        acc = is_accelerator(device)
+    except ValueError:
+        acc = False
+    cap = settings.limit("sweep", acc, environ)
+    if n > cap:
+        raise ConfigError(f"sweep: {n} runs requested; allowed: at most {cap} per sweep (this server's limit, "
+                          f"{settings.LIMITS['sweep'].env})")
+
+
+# -- memory: refuse a job that would not fit before it starts ------------------------------------------------------
+def job_memory_bytes(config: PruneConfig, n_params: int, hidden: int, vocab: int, max_d_in: int,
+                     param_bytes: int, loaded: bool = True) -> int:
+    """A job's peak memory beyond what is already loaded: the pruned copy of the model (+ the dense one if not yet
+    loaded), the calibration activations entering a block and leaving it (forward dtype), the block's Grams (float32,
+    at most three distinct inputs) with one float32 copy of the widest weight per solver workspace, and the logits
+    of one evaluation batch."""
+    act_bytes = 4 if config.dtype in ("auto", "float32") else 2
+    model = n_params * param_bytes * (1 if loaded else 2)
+    acts = 2 * config.calib.nsamples * config.calib.seqlen * hidden * act_bytes
+    grams = 3 * max_d_in * max_d_in * 4 + 4 * max_d_in * max(hidden, max_d_in) * 4
+    logits = config.batch_size * max(config.eval.seqlen, config.calib.seqlen) * vocab * 4
+    return int(model + acts + grams + logits)
+
+
+def check_memory(needed: int, available: int, cap: int | None = None, what: str = "memory") -> None:
+    """Refuse (ConfigError naming ``memory``) a job whose estimate exceeds the memory left (or the operator's cap)."""
+    from . import settings
+
+    limit_b = available if cap is None else min(available, cap)
+    if needed > limit_b:
+        src = f"{settings.MEMORY_ENV}" if cap is not None and cap <= available else f"the {what} left on this machine"
+        raise ConfigError(f"memory: this job needs about {needed / 2**20:,.0f} MB (model copy, activations, Grams, logits); "
+                          f"the limit is {limit_b / 2**20:,.0f} MB ({src}); allowed: fewer calibration windows or tokens "
+                          f"per window, a smaller batch size, or a smaller model")
+
+
+def memory_available(device) -> int | None:
+    """Bytes the device has left: free GPU memory (``torch.cuda.mem_get_info``) or the host's available memory
+    (``MemAvailable`` of /proc/meminfo, else free pages); None when unknown."""
+    import os
+
+    if str(device).startswith("cuda"):
+        import torch
+
+        try:
+            return int(torch.cuda.mem_get_info(torch.device(device))[0])
+        except (RuntimeError, AssertionError, ValueError):
+            return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_job_memory(config: PruneConfig, model, environ=None, available: int | None = None) -> int:
+    """Before a job touches anything: its memory estimate (``job_memory_bytes``) against what the model's device has
+    left (and ``PRUNING_LAB_MAX_JOB_MEMORY_MB``). Raises ConfigError with the estimate and the limit; returns the
+    estimate in bytes."""
+    from . import settings
+
+    params = list(model.parameters())
+    n_params = sum(p.numel() for p in params)
+    device = params[0].device if params else "cpu"
+    widths = [m.in_features for m in model.modules() if hasattr(m, "in_features") and isinstance(m.in_features, int)]
+    cfg = getattr(model, "config", None)
+    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0) or (max(widths) if widths else 0))
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    needed = job_memory_bytes(config, n_params, hidden, vocab, max(widths) if widths else hidden,
+                              params[0].element_size() if params else 4, loaded=True)
+    free = memory_available(device) if available is None else available
+    cap = settings.max_job_memory_bytes(environ)
+    if free is None and cap is None:
+        return needed
+    check_memory(needed, free if free is not None else cap, cap,
+                 "GPU memory" if str(device).startswith("cuda") else "memory")
+    return needed

@@ -231,6 +231,53 @@ def load_model(name: str = DEFAULT_MODEL, device="cpu", dtype=torch.float32):
     return _load_hub(key, dev, dt)
 
 
+def count_params_from_config(source: str, local_only: bool = True) -> int:
+    """Parameters of the checkpoint at ``source`` (a directory or a Hub id) from its config alone: the model is
+    built on the meta device (no memory, no weights read). Raises ModelError naming ``model``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _quiet_transformers()
+    try:
+        cfg = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"model: could not read the configuration of {source!r}: {str(e).splitlines()[0]}") from e
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def check_public_model(name: str, environ=None) -> None:
+    """Public mode (``pruning.settings.public_mode``): only the embedded model, the operator's allow-listed Hub ids
+    (``PRUNING_LAB_ALLOWED_MODELS``) and sub-folders of ``PRUNING_LAB_MODEL_DIRS`` (``..`` and symlinks resolved first),
+    each at most ``PRUNING_LAB_MAX_MODEL_PARAMS`` parameters (counted from the config, before any weight is read).
+    Raises ModelError naming ``model`` and what is allowed."""
+    from . import settings
+
+    key = str(name or "").strip()
+    allowed = settings.allowed_models(environ)
+    roots = settings.model_dirs(environ)
+    what = (f"{', '.join(EMBEDDED_ALIASES)} (embedded)"
+            + (f", the Hub ids {', '.join(allowed)}" if allowed else "")
+            + (f", or a folder under {', '.join(map(str, roots))}" if roots else ""))
+    if not key:
+        raise ModelError(f"model: empty name; allowed on this public server: {what}")
+    if key.lower() in EMBEDDED_ALIASES:
+        return
+    if key in allowed and _HUB_ID.match(key):
+        source = key
+        local_only = not hub_reachable(environ=environ)
+    elif roots and settings.is_under(key, roots) and Path(key).expanduser().is_dir():
+        source, local_only = str(Path(key).expanduser().resolve()), True
+    else:
+        shown = key if len(key) <= 120 else key[:120] + "..."
+        raise ModelError(f"model: {shown!r} is not allowed on this public server; allowed: {what}")
+    cap = settings.max_model_params(environ)
+    n = count_params_from_config(source, local_only)
+    if n > cap:
+        raise ModelError(f"model: {key!r} has {n:,} parameters, over this server's limit of {cap:,} "
+                         f"({settings.MAX_MODEL_PARAMS_ENV}); allowed: {what}")
+
+
 def _load_local(path: Path, dev, dt):
     if not (path / "config.json").is_file():
         raise ModelError(f"model: directory {str(path)!r} has no config.json (not a transformers checkpoint); "

@@ -6,8 +6,17 @@ shown, so the same configuration again returns at once, also after a restart or 
 
 Layout of the store (one diskcache directory):
 
-* ``run:<config key>:<fingerprint>`` -> report dict (plus ``stored_at``, seconds since the epoch)
+* ``run:<config key>:<fingerprint>`` -> report dict (plus ``stored_at``, seconds since the epoch, and
+  ``result_schema``); from ``RESULT_SCHEMA`` 2 on the key reads ``run:v<schema>:<config key>:<fingerprint>``, so
+  reports of an older schema are never returned (schema 1 keeps the key it always had: stores filled before the
+  constant existed stay valid)
 * ``latest:<config key>``            -> fingerprint of the most recent report for that config
+
+The key covers every option of the config (``PruneConfig.key``), the model's fingerprint and the result schema;
+a stored report is returned only if its own ``key`` and fingerprint match the ones asked for. A damaged entry
+(unreadable, truncated, not a report) is a miss and is deleted, so the run is recomputed; a store that cannot be
+opened or written (read-only folder, full disk) raises ``StoreError`` on ``put`` (the job runner reports "result
+not cached" and shows the result) and reads as empty.
 
 The directory is ``<cache root>/results``: ``$PRUNING_LAB_CACHE/results`` if that variable is set, else
 ``~/.cache/pruning-lab/results`` (``pruning.settings.cache_dir``).
@@ -18,16 +27,26 @@ Precomputed reports (``assets/precomputed/*.json``, same report format; one repo
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Iterable
 
 import diskcache
 
+from .errors import PruningError
 from .settings import cache_dir
+
+log = logging.getLogger(__name__)
 _RUN = "run:"
 _LATEST = "latest:"
+RESULT_SCHEMA = 1  # bump when a report's meaning changes: older stored reports then no longer match any key
+
+
+class StoreError(PruningError, OSError):
+    """The result store could not be opened or written (the message says why and where)."""
 
 
 def default_dir() -> Path:
@@ -40,8 +59,9 @@ def _plain(value):
     return json.loads(json.dumps(value, allow_nan=True))
 
 
-def run_key(config_key: str, fingerprint: str | None) -> str:
-    return f"{_RUN}{config_key}:{fingerprint or 'unknown'}"
+def run_key(config_key: str, fingerprint: str | None, schema: int = RESULT_SCHEMA) -> str:
+    schema_part = "" if schema == 1 else f"v{schema}:"
+    return f"{_RUN}{schema_part}{config_key}:{fingerprint or 'unknown'}"
 
 
 def run_id_of(report: dict) -> str:
@@ -58,8 +78,24 @@ class ResultStore:
 
     def __init__(self, directory: str | os.PathLike | None = None):
         self.directory = Path(directory) if directory is not None else default_dir()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._cache = diskcache.Cache(str(self.directory))
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._cache = diskcache.Cache(str(self.directory))
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"result store: cannot open {str(self.directory)!r} ({e}); results are not cached") from e
+
+    def _read(self, key: str):
+        """The value under ``key``, or None; an unreadable entry is logged, deleted and read as missing."""
+        try:
+            return self._cache.get(key)
+        except (OSError, sqlite3.Error, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+                KeyError, UnicodeError) + _UNPICKLING as e:
+            log.warning("result store: entry %s unreadable (%s: %s); it is dropped and recomputed", key, type(e).__name__, e)
+            try:
+                self._cache.delete(key)
+            except (OSError, sqlite3.Error):
+                pass
+            return None
 
     # -- write -------------------------------------------------------------------------------------
     def put(self, report: dict) -> str:
@@ -75,10 +111,14 @@ class ResultStore:
         rep["stored_at"] = time.time()
         if not rep.get("run_id"):
             rep["run_id"] = run_id_of(rep)
+        rep["result_schema"] = RESULT_SCHEMA
         key = run_key(config_key, fingerprint)
-        with self._cache.transact():
-            self._cache.set(key, rep)
-            self._cache.set(_LATEST + config_key, fingerprint or "unknown")
+        try:
+            with self._cache.transact():
+                self._cache.set(key, rep)
+                self._cache.set(_LATEST + config_key, fingerprint or "unknown")
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"result store: could not write to {str(self.directory)!r} ({e})") from e
         return key
 
     # -- read --------------------------------------------------------------------------------------
@@ -88,25 +128,42 @@ class ResultStore:
         With a fingerprint, only a report of exactly that model matches. Without one (the model's
         fingerprint is unknown before loading it), the most recently stored report for the config is returned.
         """
-        fp = fingerprint or self._cache.get(_LATEST + config_key)
-        if fp is None:
+        fp = fingerprint or self._read(_LATEST + config_key)
+        if not isinstance(fp, str):
             return None
-        rep = self._cache.get(run_key(config_key, fp))
-        return dict(rep) if rep is not None else None
+        key = run_key(config_key, fp)
+        rep = self._read(key)
+        if rep is None:
+            return None
+        if not (isinstance(rep, dict) and rep.get("key") == config_key and is_report(rep)
+                and ((rep.get("model") or {}).get("fingerprint") or "unknown") == fp
+                and rep.get("result_schema", 1) == RESULT_SCHEMA):
+            log.warning("result store: entry %s does not hold the report asked for; it is dropped and recomputed", key)
+            self.delete(key)
+            return None
+        return dict(rep)
 
     def list_runs(self) -> list[dict]:
         """Every stored report, oldest first."""
         runs = []
-        for k in list(self._cache.iterkeys()):
+        try:
+            keys = list(self._cache.iterkeys())
+        except (OSError, sqlite3.Error) as e:
+            log.warning("result store: cannot list %s (%s)", self.directory, e)
+            return []
+        for k in keys:
             if isinstance(k, str) and k.startswith(_RUN):
-                rep = self._cache.get(k)
-                if rep is not None:
+                rep = self._read(k)
+                if isinstance(rep, dict) and is_report(rep) and rep.get("result_schema", 1) == RESULT_SCHEMA:
                     runs.append(dict(rep, store_key=k))
         runs.sort(key=lambda r: r.get("stored_at", 0.0))
         return runs
 
     def delete(self, store_key: str) -> bool:
-        return bool(self._cache.delete(store_key))
+        try:
+            return bool(self._cache.delete(store_key))
+        except (OSError, sqlite3.Error):
+            return False
 
     def clear(self) -> None:
         self._cache.clear()
@@ -116,6 +173,11 @@ class ResultStore:
 
     def __len__(self) -> int:
         return sum(1 for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(_RUN))
+
+
+import pickle  # noqa: E402
+
+_UNPICKLING = (pickle.UnpicklingError,)
 
 
 def _reports_in(obj) -> Iterable[dict]:

@@ -10,7 +10,34 @@
 ``HF_HUB_OFFLINE``          ``1``: never contact the Hub; models and datasets come from the local caches only.
 ``PRUNING_LAB_SCREENSHOTS`` (tests only) a directory, e.g. ``assets/screenshots``: the slow browser test writes
                             the README screenshots there; unset, that test is skipped.
+``PRUNING_LAB_FUZZ_N``      (tests only) how many generated configs the ``fuzz`` tests send to the app (default 200).
 ==========================  =====================================================================================
+
+What one visitor of the web app may ask (``limits``; the CLI and the Python API are the operator's and are not
+limited). Each is an integer; the default depends on the device the job runs on (CPU / accelerator), see
+``LIMITS``. A request over a limit is refused with a message naming the field, the limit and the variable.
+
+==================================  ============================================================================
+``PRUNING_LAB_MAX_CALIB_TOKENS``    calibration windows × tokens per window
+``PRUNING_LAB_MAX_EVAL_WINDOWS``    evaluation windows (0 = all the split's windows is always allowed)
+``PRUNING_LAB_MAX_SEQLEN``          tokens per window (calibration and evaluation)
+``PRUNING_LAB_MAX_PROMPTS``         prompts for the generations
+``PRUNING_LAB_MAX_PROMPT_CHARS``    characters of one prompt
+``PRUNING_LAB_MAX_NEW_TOKENS``      new tokens per generation
+``PRUNING_LAB_MAX_TEXT_CHARS``      characters of pasted text (``text:...``) and bytes of a text file
+``PRUNING_LAB_MAX_SWEEP``           runs in one sweep
+``PRUNING_LAB_MAX_JOB_MEMORY_MB``   memory one job may need (estimate); default: the memory the device has left
+==================================  ============================================================================
+
+Serving publicly (``public_mode``: ``PRUNING_LAB_PUBLIC=1``, or on a Space unless ``PRUNING_LAB_PUBLIC=0``):
+
+================================  ==============================================================================
+``PRUNING_LAB_PUBLIC``            ``1`` / ``0``: force public mode on / off (default: on when ``SPACE_ID`` is set)
+``PRUNING_LAB_ALLOWED_MODELS``    comma-separated Hub ids a visitor may load besides the embedded model
+``PRUNING_LAB_MAX_MODEL_PARAMS``  the most parameters an allowed Hub / local model may have (default 2e9)
+``PRUNING_LAB_MODEL_DIRS``        ``os.pathsep``-separated directories whose sub-folders a visitor may name as a model
+``PRUNING_LAB_TEXT_DIRS``         ``os.pathsep``-separated directories whose files a visitor may name as text
+================================  ==============================================================================
 
 These are read when needed, never written: offline mode is passed to the loaders as ``local_files_only=True``,
 not by changing the process environment while other threads load models.
@@ -20,6 +47,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import urlparse
 
@@ -28,6 +56,11 @@ HOST_ENV, PORT_ENV = "PRUNING_LAB_HOST", "PRUNING_LAB_PORT"
 SPACE_ENV = "SPACE_ID"
 HF_ENDPOINT_ENV, HF_OFFLINE_ENV = "HF_ENDPOINT", "HF_HUB_OFFLINE"
 SCREENSHOTS_ENV = "PRUNING_LAB_SCREENSHOTS"
+FUZZ_ENV = "PRUNING_LAB_FUZZ_N"
+PUBLIC_ENV = "PRUNING_LAB_PUBLIC"
+ALLOWED_MODELS_ENV, MAX_MODEL_PARAMS_ENV = "PRUNING_LAB_ALLOWED_MODELS", "PRUNING_LAB_MAX_MODEL_PARAMS"
+MODEL_DIRS_ENV, TEXT_DIRS_ENV = "PRUNING_LAB_MODEL_DIRS", "PRUNING_LAB_TEXT_DIRS"
+DEFAULT_MAX_MODEL_PARAMS = 2_000_000_000
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
 DEFAULT_HUB = "https://huggingface.co"
 _TRUE = ("1", "true", "yes", "on")
@@ -88,3 +121,131 @@ def screenshots_dir(environ: Mapping[str, str] | None = None) -> Path | None:
     """Where the browser test writes the README screenshots (``$PRUNING_LAB_SCREENSHOTS``), or None."""
     raw = _env(environ).get(SCREENSHOTS_ENV)
     return Path(raw) if raw else None
+
+
+# -- what one visitor may ask -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Limit:
+    """One per-visitor limit: its variable, what it bounds (as messages say it) and the CPU / accelerator defaults."""
+
+    env: str
+    what: str
+    cpu: int
+    accelerator: int
+
+
+# name -> Limit. The CPU defaults allow a few times the CPU run sizes (16 × 512 calibration, 16 eval windows); the
+# accelerator ones the papers' setting (128 × 2048, every window) with room to spare.
+LIMITS = {
+    "calib_tokens": Limit("PRUNING_LAB_MAX_CALIB_TOKENS", "calibration windows × tokens per window", 65_536, 524_288),
+    "eval_windows": Limit("PRUNING_LAB_MAX_EVAL_WINDOWS", "evaluation windows", 256, 4_096),
+    "seqlen": Limit("PRUNING_LAB_MAX_SEQLEN", "tokens per window", 4_096, 8_192),
+    "prompts": Limit("PRUNING_LAB_MAX_PROMPTS", "prompts", 8, 16),
+    "prompt_chars": Limit("PRUNING_LAB_MAX_PROMPT_CHARS", "characters per prompt", 2_000, 8_000),
+    "new_tokens": Limit("PRUNING_LAB_MAX_NEW_TOKENS", "new tokens", 128, 512),
+    "text_chars": Limit("PRUNING_LAB_MAX_TEXT_CHARS", "characters of text", 2_000_000, 20_000_000),
+    "sweep": Limit("PRUNING_LAB_MAX_SWEEP", "runs per sweep", 48, 96),
+}
+MEMORY_ENV = "PRUNING_LAB_MAX_JOB_MEMORY_MB"
+
+
+def limit(name: str, accelerator: bool = False, environ: Mapping[str, str] | None = None) -> int:
+    """The value of limit ``name`` (a key of ``LIMITS``): its variable if set (an integer >= 0), else the default
+    for the device kind."""
+    spec = LIMITS[name]
+    raw = _env(environ).get(spec.env)
+    if raw is None or not str(raw).strip():
+        return spec.accelerator if accelerator else spec.cpu
+    try:
+        value = int(float(str(raw).strip()))
+    except ValueError:
+        value = -1
+    if value < 0:
+        from .errors import InputError
+
+        raise InputError(f"{spec.env}: {raw!r} is not a limit; allowed: a whole number >= 0")
+    return value
+
+
+def limit_message(name: str, asked, value: int) -> str:
+    """'... over the limit of 65536 calibration windows × tokens per window (PRUNING_LAB_MAX_CALIB_TOKENS)'."""
+    spec = LIMITS[name]
+    return f"{asked} is over this server's limit of {value:,} {spec.what} ({spec.env})"
+
+
+def max_job_memory_bytes(environ: Mapping[str, str] | None = None) -> int | None:
+    """The operator's cap on one job's memory (``PRUNING_LAB_MAX_JOB_MEMORY_MB``), or None (then the device's free
+    memory is the limit)."""
+    raw = _env(environ).get(MEMORY_ENV)
+    if raw is None or not str(raw).strip():
+        return None
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if not mb > 0:
+        from .errors import InputError
+
+        raise InputError(f"{MEMORY_ENV}: {raw!r} is not a size; allowed: a number of megabytes > 0")
+    return int(mb * 2**20)
+
+
+# -- serving publicly ---------------------------------------------------------------------------------------------
+def public_mode(environ: Mapping[str, str] | None = None) -> bool:
+    """True when the app is served to anyone: ``PRUNING_LAB_PUBLIC=1``, or on a Space (unless ``PRUNING_LAB_PUBLIC=0``)."""
+    env = _env(environ)
+    raw = str(env.get(PUBLIC_ENV, "")).strip().lower()
+    if raw:
+        return raw in _TRUE
+    return on_space(env)
+
+
+def allowed_models(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Hub ids the operator allows in public mode (``PRUNING_LAB_ALLOWED_MODELS``, comma-separated)."""
+    raw = _env(environ).get(ALLOWED_MODELS_ENV) or ""
+    return tuple(dict.fromkeys(x.strip() for x in raw.split(",") if x.strip()))
+
+
+def max_model_params(environ: Mapping[str, str] | None = None) -> int:
+    raw = _env(environ).get(MAX_MODEL_PARAMS_ENV)
+    if raw is None or not str(raw).strip():
+        return DEFAULT_MAX_MODEL_PARAMS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        from .errors import InputError
+
+        raise InputError(f"{MAX_MODEL_PARAMS_ENV}: {raw!r} is not a parameter count; allowed: a number > 0 such as 2e9")
+    return value
+
+
+def _dirs(name: str, environ: Mapping[str, str] | None) -> tuple[Path, ...]:
+    raw = _env(environ).get(name) or ""
+    return tuple(Path(x).expanduser().resolve() for x in raw.split(os.pathsep) if x.strip())
+
+
+def model_dirs(environ: Mapping[str, str] | None = None) -> tuple[Path, ...]:
+    """Directories (resolved) under which a visitor may name a local model in public mode."""
+    return _dirs(MODEL_DIRS_ENV, environ)
+
+
+def text_dirs(environ: Mapping[str, str] | None = None) -> tuple[Path, ...]:
+    """Directories (resolved) under which a visitor may name a text file in public mode."""
+    return _dirs(TEXT_DIRS_ENV, environ)
+
+
+def is_under(path: str | os.PathLike, roots) -> bool:
+    """True if ``path`` (symlinks resolved, ``..`` collapsed) lies inside one of ``roots`` (already resolved)."""
+    try:
+        p = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return any(p == r or r in p.parents for r in roots)
+
+
+def fuzz_examples(default: int = 200, environ: Mapping[str, str] | None = None) -> int:
+    """(tests) ``PRUNING_LAB_FUZZ_N``: how many generated configs a ``fuzz`` test sends."""
+    raw = _env(environ).get(FUZZ_ENV)
+    return int(raw) if raw and raw.strip().isdigit() else default

