@@ -5,6 +5,7 @@ Every default shown by ``--help`` is read from ``PruneConfig``, ``CalibConfig.fo
 
     python -m pruning run --solver sparsegpt --sparsity 0.5 --pattern 2:4 --json out.json
     python -m pruning sweep --solvers wanda,sparsegpt,admm --sparsities 0.5,0.6,0.7 --patterns unstructured,2:4
+    python -m pruning sweep --executor ray --ray-address auto --out sweep/ --resume   # on a Ray cluster
     python -m pruning run --solver admm --sparsity 0.5 --save pruned-model/     # prune, then save with a model card
     python -m pruning export RUN_ID pruned-model/                               # a finished run of the result store
     python -m pruning bench-sparse       # what 2:4 buys on this machine (dense vs semi-structured matmuls)
@@ -26,6 +27,7 @@ from . import events as ev
 from .config import (CALIB_SOURCES, CPU_SIZES, DEVICES, DTYPES, GPU_SIZES, CalibConfig, EvalConfig, PruneConfig,
                      method_label, sweep_configs)
 from .errors import InputError, PruningError
+from .executors import EXECUTORS
 from .patterns import PATTERNS
 from .solvers import SOLVERS, UPDATES
 
@@ -291,44 +293,111 @@ def _floats(text: str, field_name: str) -> list[float]:
     return out
 
 
-def _cached(cfg: PruneConfig) -> dict | None:
-    """The stored report of exactly this config and model (None if there is none)."""
-    from .results import ResultStore
-    from .jobs import fingerprint_for_config
+class SweepProgress:
+    """A tqdm bar over a sweep's runs on stderr (done / failed / running, ETA) and one line per finished run."""
 
-    store = ResultStore()
-    try:
-        return store.get(cfg.key(), fingerprint_for_config(cfg))
-    finally:
-        store.close()
+    def __init__(self, total: int, executor: str, quiet: bool = False):
+        from tqdm import tqdm
+
+        self.quiet, self.counts = quiet, {"done": 0, "failed": 0, "running": 0}
+        self.bar = tqdm(total=total, desc=f"sweep ({executor})", unit="run", file=sys.stderr, dynamic_ncols=True)
+        self._postfix()
+
+    def _postfix(self) -> None:
+        c = self.counts
+        self.bar.set_postfix_str(f"done {c['done']} · failed {c['failed']} · running {c['running']}")
+
+    def outcome(self, i: int, rec: dict, status: str) -> None:
+        from tqdm import tqdm
+        from .executors import STORED, is_failure
+
+        c = rec.get("config", {})
+        what = f"run {i + 1}: {method_label(c)} {c.get('pattern')} {float(c.get('sparsity', 0)):.0%}"
+        if is_failure(rec):
+            self.counts["failed"] += 1
+            tqdm.write(f"{what}: {status}: {rec.get('message', '')}", file=sys.stderr)
+        else:
+            self.counts["done"] += 1
+            if status == STORED:
+                tqdm.write(f"{what}: stored result of the same config and model: reused", file=sys.stderr)
+            elif not self.quiet:
+                tqdm.write(f"{what}: ppl {rec['perplexity']['pruned']:.3f} (dense {rec['perplexity']['dense']:.3f}), "
+                           f"sparsity {rec['sparsity']:.4f}, prune {rec['timings'].get('prune_total', 0):.1f}s", file=sys.stderr)
+        self.bar.update(1)
+        self._postfix()
+
+    def progress(self, counts: dict) -> None:
+        if counts.get("running") != self.counts["running"]:
+            self.counts["running"] = counts.get("running", 0)
+            self._postfix()
+
+    def close(self) -> None:
+        self.counts["running"] = 0
+        self._postfix()
+        self.bar.close()
+
+
+def _print_sweep_table(rows: list[dict]) -> None:
+    def num(v, fmt):
+        return format(v, fmt) if isinstance(v, (int, float)) else "–"
+
+    print(f"\n{'solver':<16}{'pattern':<14}{'sparsity':>9}{'dense ppl':>11}{'pruned ppl':>12}{'mean err':>10}"
+          f"{'prune s':>9}  status")
+    for r in rows:
+        print(f"{r['method']:<16}{r['pattern']:<14}{num(r['sparsity'] if r['sparsity'] is not None else r['target'], '9.3f')}"
+              f"{num(r['dense_ppl'], '11.3f')}{num(r['pruned_ppl'], '12.3f')}{num(r['mean_rel_error'], '10.4f')}"
+              f"{num(r['prune_s'], '9.1f')}  {r['status']}" + (f": {r['message']}" if r["status"] in ("failed", "cancelled") else ""))
 
 
 def cmd_sweep(a, opt_names) -> int:
+    from .executors import is_failure, make_executor, run_sweep, sweep_table, write_sweep_outputs
+    from .results import ResultStore
+
     configs = sweep_configs(_config(a, {}), _items(a.solvers), _floats(a.sparsities, "sparsities"),
                             _items(a.patterns), _items(a.updates), options=_options(a, opt_names))
-    print(f"sweep: {len(configs)} runs", file=sys.stderr)
-    rows = []
-    for i, cfg in enumerate(configs):
-        name = cfg.method
-        print(f"\n=== run {i + 1}/{len(configs)}: {name} {cfg.pattern} {cfg.sparsity:.0%}", file=sys.stderr)
-        r = _cached(cfg) if a.resume else None
-        if r is not None:
-            print("(stored result of the same config and model: reused)", file=sys.stderr)
-        else:
-            r = _run_one(cfg, a)
-            _store(r)
-        if a.json_dir:
-            fname = f"{name.replace('+', '-')}_{cfg.pattern.replace(':', 'of')}_{int(round(cfg.sparsity * 100))}.json"
-            _write_json(os.path.join(a.json_dir, fname), r)
-        rows.append(r)
-    print(f"\n{'solver':<12}{'pattern':<14}{'sparsity':>9}{'dense ppl':>11}{'pruned ppl':>12}{'mean err':>10}{'prune s':>9}")
-    for r in rows:
-        c = r["config"]
-        errs = [l["rel_error"] for l in r["layers"]]
-        print(f"{method_label(c):<12}{c['pattern']:<14}{r['sparsity']:>9.3f}{r['perplexity']['dense']:>11.3f}"
-              f"{r['perplexity']['pruned']:>12.3f}{sum(errs) / len(errs):>10.4f}{r['timings'].get('prune_total', 0):>9.1f}")
+    executor = make_executor(a.executor, a.ray_address, a.ray_cpus, a.ray_cpus_per_task)
+    executor.check(configs)
+    executor.start()  # Ray missing or an address that does not answer: the message now, before any work
+    print(f"sweep: {len(configs)} runs on the {executor.name} executor", file=sys.stderr)
+    store = ResultStore()
+    progress = SweepProgress(len(configs), executor.name, a.quiet)
+    outcomes: list = [None] * len(configs)
+    status: list = [""] * len(configs)
+
+    def on_outcome(i: int, rec: dict, st: str) -> None:
+        outcomes[i], status[i] = rec, st
+        progress.outcome(i, rec, st)
+        if a.json_dir and not is_failure(rec):
+            cfg = configs[i]
+            fname = f"{cfg.method.replace('+', '-')}_{cfg.pattern.replace(':', 'of')}_{int(round(cfg.sparsity * 100))}.json"
+            _write_json(os.path.join(a.json_dir, fname), rec)
+
+    interrupted = False
+    try:
+        run_sweep(configs, executor, store=store, resume=a.resume, on_outcome=on_outcome, on_progress=progress.progress)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+        executor.close()
+        store.close()
+    done = [i for i, o in enumerate(outcomes) if o is not None]
+    outcomes, status = [outcomes[i] for i in done], [status[i] for i in done]
+    rows = sweep_table(outcomes, status)
+    _print_sweep_table(rows)
     if a.json:
-        _write_json(a.json, rows)
+        _write_json(a.json, [o for o in outcomes if not is_failure(o)])
+    if a.out:
+        paths = write_sweep_outputs(a.out, outcomes, status)
+        print(f"\nsweep table and plot written: {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    n_failed = sum(is_failure(o) for o in outcomes)
+    if interrupted:
+        print(f"\ncancelled: {len(configs) - len(done)} runs not started or not finished; the "
+              f"{len(done) - n_failed} finished ones are in the result store", file=sys.stderr)
+        return 130
+    if n_failed:
+        print(f"\n{n_failed} of {len(configs)} runs failed (their rows above say why)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -381,7 +450,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
                        help="save the pruned model, its tokenizer and a model card to this directory (atomic)")
         q.add_argument("--overwrite", action="store_true", help="let --save replace a non-empty directory")
     opt_names = _common(pr)
-    sw = sub.add_parser("sweep", help="solvers × updates × patterns × sparsities; prints a table", formatter_class=_Help)
+    sw = sub.add_parser("sweep", help="solvers × updates × patterns × sparsities, locally or on Ray; prints a table",
+                        formatter_class=_Help)
     sw.add_argument("--solvers", default="magnitude,wanda,sparsegpt",
                     help="comma-separated; a mask solver may carry its own update: wanda+admm, sparsefw+sparsegpt")
     sw.add_argument("--updates", default=d.update,
@@ -391,7 +461,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     sw.add_argument("--patterns", default=d.pattern, help="comma-separated patterns (N:M runs once: it fixes the sparsity)")
     sw.add_argument("--json", default=None, help="write all reports as one JSON list")
     sw.add_argument("--json-dir", default=None, help="write one report JSON per run into this directory")
-    sw.add_argument("--resume", action="store_true", help="reuse the stored result of a run already in the result cache")
+    sw.add_argument("--out", default=None, metavar="DIR",
+                    help="write the sweep table as DIR/sweep.csv and DIR/sweep.json (with the full reports) and the "
+                         "trade-off plot as DIR/sweep.html (standalone, opens offline)")
+    sw.add_argument("--resume", action="store_true",
+                    help="skip every run whose result is already in the result store, whoever ran it")
+    sw.add_argument("--executor", default="local", choices=list(EXECUTORS),
+                    help="local: this process, one worker per device; ray: Ray core tasks (one GPU per task where the "
+                         "cluster has GPUs, else CPUs; needs: pip install -r requirements-scale.txt)")
+    sw.add_argument("--ray-address", default=None, metavar="ADDR",
+                    help="with --executor ray: auto or HOST:PORT joins a running cluster (ray start --head); "
+                         "absent: start a local Ray instance")
+    sw.add_argument("--ray-cpus", type=int, default=None, metavar="N",
+                    help="with --executor ray and no --ray-address: CPUs of the local Ray instance (default: all)")
+    sw.add_argument("--ray-cpus-per-task", type=int, default=1, metavar="N",
+                    help="with --executor ray: CPUs each task asks for (its torch threads)")
     _common(sw)
     sub.add_parser("solvers", help="list solvers and their options")
     bs = sub.add_parser("bench-sparse", help="time dense vs 2:4 semi-structured sparse matmuls for a model's layer shapes",

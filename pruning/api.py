@@ -193,6 +193,7 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
             "calibration": {"windows": int(calib_ids.shape[0]), "seqlen": int(calib_ids.shape[1]), "tokens": int(calib_ids.numel())},
             "evaluation": {"windows": int(eval_ids.shape[0]), "seqlen": int(eval_ids.shape[1])},
             "warnings": rep["warnings"],
+            "mask_sha256": mask_checksum(pruned),
             "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             **extras,
         }
@@ -208,6 +209,22 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
     except Exception as exc:
         emit(ev.JobFailed(user_message(exc), kind=error_kind(exc)))
         raise
+
+
+def mask_checksum(model) -> str:
+    """SHA-256 of which weights are zero in every prunable linear of every block, in block and module order (names
+    and shapes included): equal for two runs exactly when they pruned the same weights (``report['mask_sha256']``)."""
+    import numpy as np
+
+    _, blocks = find_blocks(model)
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for b, block in enumerate(blocks):
+            for name, lin in block_linears(block).items():
+                w = lin.get_weight()
+                h.update(f"{b}.{name}:{tuple(w.shape)}".encode())
+                h.update(np.packbits((w != 0).reshape(-1).cpu().numpy()).tobytes())  # 1 bit per weight
+    return h.hexdigest()
 
 
 def run_id(report: dict) -> str:

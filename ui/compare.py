@@ -17,6 +17,7 @@ from pruning import SOLVERS, UPDATES
 from pruning import events as ev
 from pruning.config import DEFAULT_MODEL, ConfigError, method_label
 from pruning.errors import PruningError, user_message
+from pruning.executors import LocalExecutor
 from pruning.results import load_precomputed, run_id_of
 
 from . import plots
@@ -227,7 +228,8 @@ class CompareTab(Tab):
             raise gr.Error(error_text(e), title="Invalid sweep") from None
         runner = self.app.runner
         owner = f"{getattr(request, 'session_hash', None)}{SWEEP_OWNER}"
-        jobs = runner.submit_many(configs, owner=owner)
+        # the CLI's local executor on the app's runner: its queues (one worker per device) and its result store
+        jobs = LocalExecutor(runner, owner=owner).submit(configs)
         cursors = {j.id: 0 for j in jobs}
         progress = {j.id: "" for j in jobs}
         seen_done: set[str] = set()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import html
 import math
 
+from pruning.figures import finite  # noqa: F401 -- the one such helper, shared with the CLI (re-exported)
+
 ACCENT = "#4c6ef5"
 
 
@@ -49,19 +51,6 @@ def _card(label: str, value: str, sub: str = "", color: str = "#212529") -> str:
             f'<div style="color:#868e96;font-size:12px;text-transform:uppercase;letter-spacing:.04em">{html.escape(label)}</div>'
             f'<div style="font-size:22px;font-weight:650;color:{color};line-height:1.3">{value}</div>'
             f'<div style="color:#868e96;font-size:12px">{sub}</div></div>')
-
-
-def finite(x) -> float | None:
-    """A float for display, or None for missing / NaN / inf / non-numeric values (the UI's one such helper)."""
-    if isinstance(x, bool):
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 
 
 def metrics_html(report: dict | None, dense_ppl: float | None = None, pruned_ppl: float | None = None,
