@@ -365,6 +365,7 @@ def cmd_sweep(a, opt_names) -> int:
     configs = sweep_configs(_config(a, {}), _items(a.solvers), _floats(a.sparsities, "sparsities"),
                             _items(a.patterns), _items(a.updates), options=_options(a, opt_names))
     executor = make_executor(a.executor, a.ray_address, a.ray_cpus, a.ray_cpus_per_task)
+    executor.check(configs)
     executor.start()  # Ray missing or an address that does not answer: the message now, before any work
     print(f"sweep: {len(configs)} runs on the {executor.name} executor", file=sys.stderr)
     store = ResultStore()

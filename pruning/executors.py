@@ -87,6 +87,9 @@ class Executor:
     def start(self) -> None:
         """Connect / validate; idempotent. Raises ExecutorError before any work if this executor cannot run."""
 
+    def check(self, configs: Sequence[PruneConfig]) -> None:
+        """Raise ExecutorError (naming the field) for a config this executor cannot run; called before any work."""
+
     def fingerprint(self, config: PruneConfig) -> str | None:
         """The model fingerprint a stored result must carry for ``resume``; None = the latest stored for the config."""
         return None
@@ -270,8 +273,13 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
                             "`ray start --head` there, or leave --ray-address out to start a local Ray instance") from None
 
 
-def _ray_task(config: PruneConfig, run_fn=None) -> dict:
-    """The body of one Ray task (in the worker process): the plain report or a failure record."""
+def _ray_task(config: PruneConfig, run_fn=None, threads: int | None = None) -> dict:
+    """The body of one Ray task (in the worker process): the plain report or a failure record. ``threads``: torch's
+    CPU threads for this task (its CPUs; a worker process may serve tasks of different sizes)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     return (run_fn or execute)(config)
 
 
@@ -313,9 +321,20 @@ class RayExecutor(Executor):
             except ConnectionError as e:
                 raise ExecutorError(f"--ray-address: could not join the Ray cluster at {self.address}: {e} "
                                     "(start one with `ray start --head`, or leave --ray-address out)") from None
+            except Exception as e:  # noqa: BLE001 -- e.g. a local node that timed out starting on a busy machine
+                where = f"join the Ray cluster at {self.address}" if self.address else "start a local Ray instance"
+                raise ExecutorError(f"executor: could not {where} ({type(e).__name__}: {str(e).strip()[:300]}); "
+                                    "try again, or run the sweep with --executor local") from None
             self._started_here = True
         self._ray = ray
         self._gpus = float(ray.cluster_resources().get("GPU", 0.0))
+
+    def check(self, configs):
+        for c in configs:
+            dev = str(c.device)
+            if dev.startswith("cuda:") and dev != "cuda:0":
+                raise ExecutorError(f"device: {dev!r} cannot be used with --executor ray: each task sees only the GPU "
+                                    "Ray gives it, as cuda; allowed: auto, cuda, cpu")
 
     def close(self) -> None:
         if self._ray is not None and self._started_here:
@@ -339,7 +358,7 @@ class RayExecutor(Executor):
                 opts = {"num_gpus": 1, "num_cpus": self.cpus_per_task}
             else:
                 opts = {"num_gpus": 0, "num_cpus": self.cpus_per_task}
-            self._refs[task.options(**opts).remote(cfg, self.run_fn)] = i
+            self._refs[task.options(**opts).remote(cfg, self.run_fn, self.cpus_per_task)] = i
 
     def _poll(self, timeout):
         ray = self._ray
@@ -392,12 +411,14 @@ def run_sweep(configs: Sequence[PruneConfig], executor: Executor, store=None, re
               cancel: threading.Event | None = None) -> tuple[list[dict], list[str]]:
     """Run a sweep: (outcomes in config order, status per config: done | stored | failed | cancelled).
 
-    The executor is started first (an executor that cannot work fails here, before anything is read or written).
+    The executor checks the configs and is started first (an executor that cannot work fails here, before anything
+    is read or written).
     With ``resume`` a config whose report is already in ``store`` (whoever ran it) is not run again. Each new report
     is written into ``store`` by this process as soon as it arrives (workers never write it); failure records are
     not stored. ``on_outcome(index, outcome, status)`` is called for every config, stored ones first.
     """
     configs = list(configs)
+    executor.check(configs)
     executor.start()
     outcomes: list[dict | None] = [None] * len(configs)
     status: list[str] = [""] * len(configs)

@@ -53,10 +53,6 @@ def _card(label: str, value: str, sub: str = "", color: str = "#212529") -> str:
             f'<div style="color:#868e96;font-size:12px">{sub}</div></div>')
 
 
-
-
-
-
 def metrics_html(report: dict | None, dense_ppl: float | None = None, pruned_ppl: float | None = None,
                  state: str = "running", pruned_note: str = "") -> str:
     """Cards: dense vs pruned perplexity, achieved sparsity, time per phase. ``state``: running | cancelled | failed.
