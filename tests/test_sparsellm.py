@@ -225,6 +225,7 @@ def test_fallback_matches_sparsegpt_without_ffn():
     a, b = copy.deepcopy(m), copy.deepcopy(m)
     run(a, windows(vocab=vocab), solver="sparsegpt")
     _, warns = run(b, windows(vocab=vocab), epochs=3)
+    warns = [w for w in warns if not w.startswith("left dense by design")]  # norms/biases: named once, always
     assert len(warns) == 2 and "no gate_proj" in warns[0]
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
