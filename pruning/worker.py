@@ -44,7 +44,6 @@ from .errors import INTERNAL, PruningError, error_kind, user_message
 
 log = logging.getLogger(__name__)
 
-FAULT_ENV = "PRUNING_LAB_TEST_FAULT"
 TERMINAL = (ev.JobFinished, ev.JobFailed, ev.JobCancelled)
 START_TIMEOUT_S = 600.0  # the longest a child may take to import torch and answer (a loaded 2-core machine)
 
@@ -110,7 +109,9 @@ def where_from(e: ev.Event, where: str) -> str:
 
 # -- the child ------------------------------------------------------------------------------------------------------
 def _fault_hook() -> Callable[[ev.Event], None]:
-    spec = os.environ.get(FAULT_ENV)
+    from .settings import fault_spec
+
+    spec = fault_spec()
     if not spec:
         return lambda e: None
     faults = json.loads(spec)
@@ -243,14 +244,9 @@ def child_main(cmd_r, evt_w, env: dict) -> None:
 # -- the parent -----------------------------------------------------------------------------------------------------
 def cancel_grace_s() -> float:
     """Seconds a task may run on after its cancel before it is terminated (PRUNING_LAB_CANCEL_GRACE_S, default 30)."""
-    raw = os.environ.get("PRUNING_LAB_CANCEL_GRACE_S", "30")
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ValueError(f"PRUNING_LAB_CANCEL_GRACE_S: {raw!r} is not a number of seconds") from None
-    if not v > 0:
-        raise ValueError(f"PRUNING_LAB_CANCEL_GRACE_S: {raw!r} must be a positive number of seconds")
-    return v
+    from .settings import cancel_grace_s as from_env
+
+    return from_env()
 
 
 _START_LOCK = threading.Lock()
