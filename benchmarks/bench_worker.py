@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -52,7 +53,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=1, help="app+CLI pairs, alternating")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--nsamples", type=int, default=16, help="calibration windows (default 16: the default job)")
+    ap.add_argument("--seqlen", type=int, default=512, help="tokens per window, calibration and evaluation")
+    ap.add_argument("--eval-windows", type=int, default=16, help="evaluation windows (default 16)")
     a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops the server below (finally)
     root = _cache_root()
     env = {**os.environ, "PRUNING_LAB_CACHE": str(root), "HF_HUB_OFFLINE": "1"}
     port = _free_port()
@@ -74,7 +79,8 @@ def main() -> int:
         # the server's warm-up loads the model in the worker before launch; one tiny config checks the worker is up
         for i in range(a.runs):
             seed = 1000 + i
-            cfg = {"solver": "sparsegpt", "sparsity": 0.5, "calib": {"nsamples": 16, "seqlen": 512, "seed": seed}}
+            cfg = {"solver": "sparsegpt", "sparsity": 0.5, "calib": {"nsamples": a.nsamples, "seqlen": a.seqlen, "seed": seed},
+                   "eval": {"windows": a.eval_windows, "seqlen": a.seqlen}}
             t0 = time.perf_counter()
             out = client.predict(cfg, api_name="/prune")
             rows.append(_row("app", out[6], time.perf_counter() - t0))
@@ -82,7 +88,8 @@ def main() -> int:
             js = root / f"cli-{i}.json"
             t0 = time.perf_counter()
             p = subprocess.run([sys.executable, "-m", "pruning", "run", "--solver", "sparsegpt", "--sparsity", "0.5",
-                                "--nsamples", "16", "--seqlen", "512", "--seed", str(seed + 500), "--quiet", "--json", str(js)],
+                                "--nsamples", str(a.nsamples), "--seqlen", str(a.seqlen), "--eval-windows", str(a.eval_windows),
+                                "--eval-seqlen", str(a.seqlen), "--seed", str(seed + 500), "--quiet", "--json", str(js)],
                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
             if p.returncode != 0:
                 raise SystemExit(p.stderr[-2000:])
