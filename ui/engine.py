@@ -138,7 +138,8 @@ def estimate(cfg, device: str | None = None) -> float | None:
     """Predicted seconds, or None when the solver declares no cost entry (the page then says "no estimate")."""
     from pruning.api import estimate_seconds
 
-    secs = estimate_seconds(cfg, device=device)
+    info = known_info(cfg.model) or {}  # a model loaded in the runner's worker: its shapes, not SmolLM2's
+    secs = estimate_seconds(cfg, device=device, shape=info.get("shape"))
     return None if secs is None else float(secs)
 
 
