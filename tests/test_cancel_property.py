@@ -1,6 +1,6 @@
 """Cancellation at random layers, and a result store that fails (issue 14 §4).
 
-Property (110 cancels over the two tests): a job cancelled after k solved layers leaves the loaded dense model
+Property (100 cancels over the two tests: 60 generated + 40 through the job runner): a job cancelled after k solved layers leaves the loaded dense model
 bit-identical (sha256 of every tensor), stores nothing, and the next job's result equals a clean run's.
 The store: a corrupted or truncated entry, an entry holding another config's report, a directory that is not
 writable, a full disk (writes raise ENOSPC): the run is recomputed or the job says "result not cached", never a
@@ -44,8 +44,8 @@ def _clean(solver: str) -> tuple[dict, dict]:
     return _CLEAN[solver]
 
 
-@hsettings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-@given(st.sampled_from(["magnitude", "wanda", "sparsegpt", "ria", "admm"]), st.integers(0, N_LAYERS - 2),
+@hsettings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(st.sampled_from(["magnitude", "wanda", "sparsegpt", "ria"]), st.integers(0, N_LAYERS - 2),
        st.sampled_from(["LayerSolved", "IterationDone"]))
 def test_cancel_at_a_random_layer_leaves_the_model_and_the_next_run_exact(solver, k, at):
     model = _MODEL[0]
@@ -70,7 +70,7 @@ def test_cancel_at_a_random_layer_leaves_the_model_and_the_next_run_exact(solver
     assert [l["rel_error"] for l in rep["layers"]] == [l["rel_error"] for l in clean_rep["layers"]]
 
 
-@pytest.mark.parametrize("k", [0, 1, 2, 3, 5, 7, 9, 11, 12, 4])
+@pytest.mark.parametrize("k", list(range(13)) * 3 + [6])
 def test_job_runner_cancel_stores_nothing_and_next_job_equals_clean(tiny_dir, tmp_path_factory, k):
     from pruning.api import get_model, run_job
 
@@ -146,7 +146,16 @@ def test_store_drops_corrupted_truncated_and_foreign_entries(tmp_path):
     store = ResultStore(tmp_path / "s")
     a, b = PruneConfig(), PruneConfig(sparsity=0.6)
     key_a = store.put(_report(a))
-    store._cache.set(key_a, b"\x80\x04garbage-not-a-pickle", raw=False)  # a damaged value
+    # a damaged pickle in the database row itself (as a torn write would leave it)
+    import sqlite3
+
+    con = sqlite3.connect(str(tmp_path / "s" / "cache.db"))
+    with con:
+        n = con.execute("UPDATE Cache SET value = ? WHERE key = ?", (b"\x80\x04garbage-not-a-pickle", key_a)).rowcount
+    con.close()
+    assert n == 1
+    assert store.get(a.key(), "fp-1") is None
+    store._cache.set(key_a, b"raw bytes, not a report")
     assert store.get(a.key(), "fp-1") is None
     key_a = store.put(_report(a))
     store._cache.set(key_a, _report(b))  # another config's report under this key: never shown as this one

@@ -240,7 +240,7 @@ def test_fuzz_prune_endpoint_of_the_launched_app(tmp_path_factory):
                                                    quiet=True)
     url = f"http://127.0.0.1:{port}/"
     client = Client(url, verbose=False)
-    configs = _draw(prune_configs(str(model)), n)
+    configs = [_json_safe(c) for c in _draw(prune_configs(str(model)), n)]
     counts = {"done": 0, "refused": 0, "server_errors": 0, "tracebacks": 0}
     problems = []
     t0 = time.monotonic()
@@ -281,6 +281,17 @@ def test_fuzz_prune_endpoint_of_the_launched_app(tmp_path_factory):
     print(f"\nfuzz /prune: {n} configs in {time.monotonic() - t0:.0f} s: {counts}")
     assert not problems, f"{len(problems)} of {n} configs failed badly: {problems[:5]}"
     assert counts["done"] >= 1 and counts["refused"] >= n // 4, counts
+
+
+def _json_safe(value):
+    """What a JSON client can send: NaN / ±inf become the strings a browser would put there ('NaN', 'Infinity')."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _plain(message: str) -> str:
