@@ -268,8 +268,8 @@ class PruneConfig:
 
         for name in ("owl_m", "owl_lambda"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ConfigError(f"{name}: expected a number, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{name}: expected a finite number, got {v!r}")
             object.__setattr__(self, name, float(v))
         try:
             check_allocation(self.allocation, self.sparsity, self.pattern, self.owl_m, self.owl_lambda)

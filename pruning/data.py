@@ -351,7 +351,8 @@ def load_documents(source: str = "wiki-sample", split: str = "calib") -> list[st
     def load() -> list[str]:
         docs = loader()
         if not docs or not any(d.strip() for d in docs):
-            raise DataError(f"{_field(split)}: source {str(source)[:80]!r} has no text for the {split} split")
+            raise DataError(f"{_field(split)}: source {str(source)[:80]!r} has no text for the {split} split; "
+                            f"allowed: {_ALLOWED}")
         return docs
 
     return list(engine.DEFAULT.documents.get_or_make((ident, split), load))

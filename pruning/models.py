@@ -226,9 +226,13 @@ def load_model(name: str = DEFAULT_MODEL, device="cpu", dtype=torch.float32):
     if key.lower() in assets.GEMMA3_ALIASES:
         return _load_gemma3(dev, dt)
     path = Path(key).expanduser()
-    if path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except (OSError, ValueError):  # a name too long for a path, a NUL byte: not a folder, and no Hub id either
+        is_dir, exists = False, False
+    if is_dir:
         return _load_local(path, dev, dt)
-    if path.exists() or not _HUB_ID.match(key):
+    if exists or not _HUB_ID.match(key) or len(key) > 200:
         raise ModelError(f"model: {key!r} is not a model directory (does not exist or is not a folder); "
                          f"allowed: {_allowed_models()}")
     return _load_hub(key, dev, dt)
