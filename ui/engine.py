@@ -145,11 +145,7 @@ def warm_up(models=(DEFAULT_MODEL,), log=print) -> None:
 def prepare_text(model: str = DEFAULT_MODEL) -> None:
     """Convert the default text (the embedded Wikipedia sample) and tokenise the default calibration and evaluation
     windows with ``model``'s tokenizer, so the first job finds them ready (loads the model if needed)."""
-    from pruning.api import calibration_windows_for, get_model
+    from pruning.api import prepare_windows
     from pruning.config import PruneConfig
-    from pruning.data import eval_windows
 
-    cfg = PruneConfig(model=model)
-    _, tok, _ = get_model(model, cfg.device, cfg.dtype)
-    calibration_windows_for(tok, cfg.calib)
-    eval_windows(tok, source=cfg.eval.source, seqlen=cfg.eval.seqlen, max_windows=cfg.eval.windows)
+    prepare_windows(PruneConfig(model=model))
