@@ -55,6 +55,16 @@ def calibration_windows_for(tokenizer, calib: CalibConfig) -> torch.Tensor:
                                seed=calib.seed)
 
 
+def prepare_windows(config: PruneConfig) -> None:
+    """Convert ``config``'s text and tokenise its calibration and evaluation windows (each cached), loading the model's
+    tokenizer: what a first job would do before any forward (the app calls it at server start)."""
+    from .data import eval_windows
+
+    _, tok, _ = get_model(config.model, config.device, config.dtype)
+    calibration_windows_for(tok, config.calib)
+    eval_windows(tok, source=config.eval.source, seqlen=config.eval.seqlen, max_windows=config.eval.windows)
+
+
 def prune_model(model, tokenizer, config: PruneConfig, on_event: Callable[[ev.Event], None] | None = None,
                 cancel: threading.Event | None = None, windows: torch.Tensor | None = None) -> dict:
     """Prune ``model`` in place with ``config``; returns the pipeline's report (per-layer errors, sparsity, timings).

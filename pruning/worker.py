@@ -10,8 +10,8 @@ keeps them (``pruning.engine.DEFAULT`` lives in the child), runs one task at a t
                       | ("cancelled", seq, reason)
 
 Tasks (``TASKS``): ``prune`` (``payload``: ``{"fn": "module:function", "config": PruneConfig}``; default
-``pruning.api:run_job``), ``model_info`` (``pruning.api.model_info`` plus the cost model's shape facts) and ``lab``
-(``pruning.lab.run_lab``). The child never writes the result store: the parent does, from the returned report.
+``pruning.api:run_job``), ``model_info`` (``pruning.api.model_info`` plus the cost model's shape facts), ``lab``
+(``pruning.lab.run_lab``) and ``prepare_windows`` (the default text tokenised at server start). The child never writes the result store: the parent does, from the returned report.
 
 ``WorkerProcess.run`` blocks until the task ends and relays its events to ``on_event`` as they arrive; it returns
 the task's value or raises ``WorkerTaskError`` (the task's own error, with its kind and message), ``events.Cancelled``
@@ -176,8 +176,14 @@ def _task_lab(payload: dict, emit, cancel) -> dict:
     return run_lab(**payload, on_status=lambda s: emit(ev.PhaseStarted("lab", s)), cancel=cancel)
 
 
+def _task_prepare_windows(payload: dict, emit, cancel) -> None:
+    from .api import prepare_windows
+
+    prepare_windows(payload["config"])
+
+
 TASKS: dict[str, Callable[[dict, Callable, threading.Event], Any]] = {
-    "prune": _task_prune, "model_info": _task_model_info, "lab": _task_lab,
+    "prune": _task_prune, "model_info": _task_model_info, "lab": _task_lab, "prepare_windows": _task_prepare_windows,
 }
 
 

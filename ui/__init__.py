@@ -92,16 +92,48 @@ def build_app(runner=None, store=None, precomputed_dir: str | os.PathLike | None
     return demo
 
 
-def warm_up(models=None) -> None:
-    """Before launch: measure the machine for the time estimate (~0.4 s, while the process is idle) and load the
+def warm_up(models=None, background: bool = False):
+    """At server start: measure the machine for the time estimate (~0.4 s, while the process is idle), load the
     embedded model (its one-time conversion, ~1 min on 2 cores, happens here with a console line, not in a visitor's
-    first job) -- in the worker process of the app built last (``build_app``), else in this process. ``models``:
-    the model ids to load (default: the embedded one; ``()`` for none)."""
+    first job) and convert and tokenise the default text -- in the worker process of the app built last
+    (``build_app``), else in this process. ``models``: the model ids to load (default: the embedded one; ``()`` for
+    none).
+
+    ``background=True``: in a thread, returned, so that the page can be served meanwhile: ``ui.base.READY`` tells
+    the page the current step, Run stays disabled until it is done (``python app.py`` does this)."""
+    import threading
+
     from pruning.config import DEFAULT_MODEL
 
     from . import engine
+    from .base import READY
 
-    engine.warm_up((DEFAULT_MODEL,) if models is None else tuple(models))
+    models = (DEFAULT_MODEL,) if models is None else tuple(models)
+
+    def log(msg: str, **_) -> None:
+        print(msg, flush=True)
+        READY.note(msg.replace("Pruning Lab: ", ""))
+
+    def run() -> None:
+        failed = ""
+        try:
+            READY.note("measuring this machine for the time estimate")
+            engine.warm_up(models, log=log)
+            if models:
+                READY.note("converting and tokenising the default text")
+                engine.prepare_text(models[0])
+        except Exception as e:  # noqa: BLE001 -- the page opens anyway; each job reports its own problem
+            failed = f"{type(e).__name__}: {e}"
+        READY.done(failed)
+        print(f"Pruning Lab: ready after {READY.elapsed():.1f} s" + (f" ({failed})" if failed else ""), flush=True)
+
+    READY.begin("starting")
+    if not background:
+        run()
+        return None
+    t = threading.Thread(target=run, name="pruning-lab-warm-up", daemon=True)
+    t.start()
+    return t
 
 
 def served_paths() -> list[str]:

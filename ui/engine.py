@@ -177,3 +177,19 @@ def warm_up(models=(DEFAULT_MODEL,), log=print) -> None:
             continue
         if note:
             log(f"Pruning Lab: {m} ready in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def prepare_text(model: str = DEFAULT_MODEL) -> None:
+    """Convert the default text (the embedded Wikipedia sample) and tokenise the default calibration and evaluation
+    windows with ``model``'s tokenizer, so the first job finds them ready (loads the model if needed) -- with a bound
+    out-of-process runner, as a task in its worker process (where the jobs will find them in memory)."""
+    from pruning.config import PruneConfig
+
+    cfg = PruneConfig(model=model)
+    runner = _out_of_process()
+    if runner is not None:
+        runner.call("prepare_windows", {"config": cfg, "device": cfg.device})
+        return
+    from pruning.api import prepare_windows
+
+    prepare_windows(cfg)

@@ -23,7 +23,7 @@ from pruning.errors import PruningError, user_message
 
 from . import engine, plots, render
 from .exporting import export_zip
-from .base import App, Tab
+from .base import READY, App, Tab
 from .forms import (CALIB_DEFAULTS, DEFAULT_SOLVER, DEFAULTS, EVAL_DEFAULTS, FORM_FIELDS, PRUNE_LABELS, OptionRef, calib_sources,
                     config_from_form, option_refs, parse_config, pattern_choices, relabel, size_defaults, size_presets)
 from .jobview import JobView
@@ -108,8 +108,10 @@ class PruneTab(Tab):
                                               info="fraction pruned, in [0, 1); N:M fixes it to N/M", min_width=160,
                                               elem_id="sparsity")
                 self.estimate = gr.Markdown("", elem_id="estimate")
+                self.ready_banner = gr.HTML(READY.banner_html(), elem_id="ready-banner")  # server preparation, once at start
+                self.ready_timer = gr.Timer(1.0, active=not READY.ready)
                 with gr.Row():
-                    self.run_btn = gr.Button("▶ Run", variant="primary", scale=3, elem_id="run-btn")
+                    self.run_btn = gr.Button("▶ Run", variant="primary", scale=3, elem_id="run-btn", interactive=READY.ready)
                     self.cancel_btn = gr.Button("■ Cancel", variant="stop", scale=1)
                 self.cancel_msg = gr.Markdown("")
                 presets = [p for p in (["sparsegpt", "unstructured", 0.5], ["wanda", "2:4", 0.5], ["admm", "unstructured", 0.6],
@@ -228,6 +230,9 @@ class PruneTab(Tab):
                               concurrency_limit=1, concurrency_id="export")
         self.cancel_btn.click(self.cancel, self.job_id, self.cancel_msg, api_name="cancel", queue=False, show_progress="hidden")
         gr.api(self.estimate_seconds_api, api_name="estimate")
+        readiness = [self.ready_banner, self.run_btn, self.ready_timer]
+        self.ready_timer.tick(self.readiness, None, readiness, api_visibility="private", show_progress="hidden", queue=False)
+        app.demo.load(self.readiness, None, readiness, api_visibility="private", show_progress="hidden", queue=False)
         app.demo.load(self.preview, form, [self.config_json, self.estimate], api_visibility="private", show_progress="hidden")
 
     # -- handlers -------------------------------------------------------------------------------------------
@@ -260,6 +265,13 @@ class PruneTab(Tab):
         except ValueError as e:
             return gr.skip(), f"⚠ {error_text(e)}"
         return cfg.to_dict(), self.estimate_text(cfg)
+
+    @staticmethod
+    def readiness():
+        """(banner, Run button, timer) for the server's preparation state: the step while preparing, Run enabled and
+        the timer stopped once done."""
+        ready = READY.ready
+        return READY.banner_html(), gr.update(interactive=ready), gr.Timer(active=not ready)
 
     def check(self, *values):
         """Run pressed (before validate): the bar says what is wrong, or that the job is starting."""
@@ -339,6 +351,9 @@ class PruneTab(Tab):
             est = None
         view = JobView(cfg, est, engine.tail_estimate(cfg, est))
         view.phase = "load"
+        while not READY.wait(1.0):  # an API call during the server's preparation: wait for it, showing the step
+            yield (render.progress_html(0, "Waiting for the server to finish preparing", f"{READY.step} · "
+                                        f"{READY.elapsed():.0f} s so far", "queued"), *[gr.skip()] * 6, gr.skip())
         first = list(outputs(view, force=True))
         note = engine.first_use_note(cfg.model)
         first[0] = render.progress_html(0, "Loading the model" if note else "Starting",
