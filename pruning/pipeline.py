@@ -18,6 +18,7 @@ is restored, so the model the caller passed in is left exactly as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -365,7 +366,8 @@ def validate_model_for_pattern(model: nn.Module, pattern) -> None:
     _, blocks = find_blocks(model)
     for b, blk in enumerate(blocks):
         for name, lin in block_linears(blk).items():
-            if not bool(torch.isfinite(lin.get_weight()).all()):
+            w = lin.get_weight()
+            if not w.is_meta and not bool(torch.isfinite(w).all()):  # offloaded blocks: checked when onloaded
                 raise InputError(f"weights: NaN/Inf in block {b} {name}; a model with non-finite weights cannot be pruned")
     if pat.is_nm:
         bad = sorted({f"{name} (d_in={lin.shape[1]})" for blk in blocks for name, lin in block_linears(blk).items() if lin.shape[1] % pat.m})
@@ -596,6 +598,8 @@ def prune_model(
         emit(WarningEvent(msg))
 
     run = _Run(config, SOLVERS.get(config.solver), pattern, s_opts, u_opts, emit, warn, check_cancel, result, [], Timings())
+    store = _block_store(model)  # offloaded blocks (pruning.offload): onloaded one at a time, written back
+    onload = store.onload if store is not None else _resident
     was_training = model.training
     model.eval()
     try:
@@ -605,20 +609,28 @@ def prune_model(
         if config.allocation != "uniform":
             emit(PhaseStarted("calibrate", f"allocation {config.allocation}: a dense pass over the calibration windows"))
             with run.timings.phase("allocation"):
-                run.targets = layer_targets(blocks, inputs, config, pattern, check_cancel)
+                run.targets = layer_targets(blocks, inputs, config, pattern, check_cancel, onload)
         emit(PhaseStarted("prune", f"{n_blocks} blocks"))
         for b, block in enumerate(blocks):
             check_cancel()
             tb = time.perf_counter()
             emit(BlockStarted(block=b, n_blocks=n_blocks))
-            linears = block_linears(block)
-            for group in _groups(block, linears, inputs, config.true_sequential):
-                _solve_group(run, b, block, inputs, linears, group)
-            inputs = _propagate(run, b, block, inputs)
+            with onload(block, b):
+                linears = block_linears(block)
+                if store is not None:
+                    _check_block_weights(b, linears)
+                for group in _groups(block, linears, inputs, config.true_sequential):
+                    _solve_group(run, b, block, inputs, linears, group)
+                inputs = _propagate(run, b, block, inputs)
+            if store is not None:
+                run.saved.clear()  # the block is written back; the store keeps the way back to the loaded weights
             emit(BlockDone(block=b, n_blocks=n_blocks, seconds=time.perf_counter() - tb))
     except BaseException:
-        for lin, w in reversed(run.saved):
-            lin.set_weight(w)
+        if store is not None:
+            store.restore()
+        else:
+            for lin, w in reversed(run.saved):
+                lin.set_weight(w)
         raise
     finally:
         model.train(was_training)
@@ -664,7 +676,7 @@ def _wanda_curve(W: torch.Tensor, G: torch.Tensor, pattern, grid: list[float]) -
     return out
 
 
-def layer_targets(blocks, inputs: BlockInputs, config, pattern, check_cancel: Callable[[], None]) -> dict:
+def layer_targets(blocks, inputs: BlockInputs, config, pattern, check_cancel: Callable[[], None], onload=None) -> dict:
     """Per-layer sparsity targets of ``config.allocation`` from a dense pass over the calibration inputs (the
     statistics OWL's official code uses), exact over the whole model (``allocation.exact_counts``).
 
@@ -676,23 +688,11 @@ def layer_targets(blocks, inputs: BlockInputs, config, pattern, check_cancel: Ca
 
     keys, sizes, block_of, ratios, curves = [], [], [], [], []
     grid = al.curve_grid(config.sparsity)
+    onload = onload or _resident
     for b, block in enumerate(blocks):
         check_cancel()
-        linears = block_linears(block)
-        if config.allocation == "owl":
-            norms, outs = _column_sq_norms(block, linears, inputs)
-            scores = [al.wanda_scores(lin.get_weight().detach().float(), norms[n]) for n, lin in linears.items()]
-            ratios.append(al.outlier_ratio(scores, config.owl_m))
-        else:
-            col, outs = collect_grams(block, linears, inputs)
-            for n, lin in linears.items():
-                curves.append(_wanda_curve(lin.get_weight().detach().float(), col.gram(n)[0], pattern, grid))
-            del col
-        for n, lin in linears.items():
-            keys.append((b, n))
-            sizes.append(lin.get_weight().numel())
-            block_of.append(b)
-        _check_finite(outs, f"the outputs of dense block {b}")
+        with onload(block, b, write=False):  # a read-only pass: nothing to write back
+            outs = _targets_block(al, b, block, inputs, config, pattern, grid, keys, sizes, block_of, ratios, curves)
         inputs = BlockInputs(outs, inputs.args, inputs.kwargs)
     if config.allocation == "owl":
         per_block = al.owl_block_sparsities(ratios, config.sparsity, config.owl_lambda)
@@ -701,6 +701,47 @@ def layer_targets(blocks, inputs: BlockInputs, config, pattern, check_cancel: Ca
         wanted = al.curve_sparsities(curves, grid, sizes, config.sparsity)
     counts = al.exact_counts(wanted, sizes, config.sparsity)
     return dict(zip(keys, al.counts_to_sparsities(counts, sizes)))
+
+
+def _targets_block(al, b, block, inputs, config, pattern, grid, keys, sizes, block_of, ratios, curves):
+    """One block of ``layer_targets``'s dense pass (appends to the lists); returns the block's outputs."""
+    linears = block_linears(block)
+    if config.allocation == "owl":
+        norms, outs = _column_sq_norms(block, linears, inputs)
+        scores = [al.wanda_scores(lin.get_weight().detach().float(), norms[n]) for n, lin in linears.items()]
+        ratios.append(al.outlier_ratio(scores, config.owl_m))
+    else:
+        col, outs = collect_grams(block, linears, inputs)
+        for n, lin in linears.items():
+            curves.append(_wanda_curve(lin.get_weight().detach().float(), col.gram(n)[0], pattern, grid))
+        del col
+    for n, lin in linears.items():
+        keys.append((b, n))
+        sizes.append(lin.get_weight().numel())
+        block_of.append(b)
+    _check_finite(outs, f"the outputs of dense block {b}")
+    return outs
+
+
+@contextlib.contextmanager
+def _resident(block: nn.Module, index: int = 0, write: bool = True):
+    """``BlockStore.onload``'s stand-in for a model whose blocks are all in memory: nothing to do."""
+    yield block
+
+
+def _block_store(model: nn.Module):
+    """The model's ``pruning.offload.BlockStore`` when its blocks are offloaded, else None."""
+    from .offload import store_of
+
+    return store_of(model)
+
+
+def _check_block_weights(b: int, linears: dict[str, Linear]) -> None:
+    """An onloaded block's weights are finite (``validate_model_for_pattern`` cannot see offloaded ones)."""
+    for name, lin in linears.items():
+        if not bool(torch.isfinite(lin.get_weight()).all()):
+            raise InputError(f"weights: NaN/Inf in block {b} {name}; a model with non-finite weights cannot be pruned "
+                             "(nothing was changed)")
 
 
 def _write(lin: Linear, sol: LayerSolution, saved: list) -> None:
