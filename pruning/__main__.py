@@ -115,6 +115,11 @@ def _common(p: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--zeroshot-limit", type=int, default=d.eval.zeroshot_limit, help="items per zero-shot task, 0 = all")
     p.add_argument("--eval-kl", action="store_true",
                    help="also measure KL(dense ‖ pruned) of the next-token distributions and top-1 agreement")
+    p.add_argument("--offload", default=d.offload, choices=["none", "cpu", "disk"],
+                   help="where the decoder blocks live while pruning, for models that do not fit: cpu or disk "
+                        "(through accelerate; one block at a time on the compute device); never changes the result")
+    p.add_argument("--offload-folder", default=d.offload_folder, metavar="DIR",
+                   help="--offload disk: folder for the pruned blocks (default: the cache's offload/ folder)")
     p.add_argument("--quiet", action="store_true", help="no per-block lines")
     return _solver_option_args(p)
 
@@ -133,7 +138,8 @@ def _config(a, options: dict, **fields) -> PruneConfig:
         model=a.model, options=options, calib=calib, eval=evalc,
         device=a.device, dtype=a.dtype, true_sequential=a.true_sequential, batch_size=a.batch_size,
         prompts=tuple(a.prompt) if a.prompt else DEFAULTS.prompts, max_new_tokens=a.max_new_tokens,
-        allocation=a.allocation, owl_m=a.owl_m, owl_lambda=a.owl_lambda, **fields,
+        allocation=a.allocation, owl_m=a.owl_m, owl_lambda=a.owl_lambda, offload=a.offload,
+        offload_folder=a.offload_folder, **fields,
     )
 
 

@@ -281,6 +281,10 @@ def model_fingerprint(model) -> str:
     with torch.no_grad():
         for i in sorted(picks):
             name, p = params[i]
+            if p.is_meta:  # an offloaded block (pruning.offload): read the tensor where it lives
+                from .offload import real_tensor
+
+                p = real_tensor(model, name, p)
             flat = p.detach().reshape(-1)  # (numel,)
             step = max(1, flat.numel() // 4096)
             sample = torch.cat([flat[::step][:4096], flat[step // 2::step][:4096]]).to("cpu", torch.float32)

@@ -23,6 +23,7 @@ import contextlib
 import os
 import shutil
 import uuid
+import weakref
 from pathlib import Path
 
 import torch
@@ -228,6 +229,8 @@ class BlockStore:
         self.mode, self.folder, self.device = mode, folder, torch.device(device)
         self._undo: dict = {}  # (id(loader), key) -> (loader, key, where, original entry)
         self.written = 0  # tensors written back
+        if folder is not None:  # the folder goes with the model (or at exit), if close() was not called first
+            self._cleanup = weakref.finalize(model, shutil.rmtree, str(folder), True)
 
     def is_offloaded(self, block: nn.Module) -> bool:
         return bool(_offloaded_tensors(block))
@@ -306,7 +309,7 @@ class BlockStore:
         """Forget the originals; remove this load's offload folder (the model can no longer run after that)."""
         self._undo.clear()
         if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self._cleanup()
 
 
 def store_of(model: nn.Module) -> BlockStore | None:
