@@ -87,7 +87,9 @@ def _common(p: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--model", default=d.model,
                    help="the embedded default (smollm2-135m), a local Hugging Face model directory, or a hub id")
     p.add_argument("--calib", default=d.calib.source,
-                   help=f"calibration text: {', '.join(CALIB_SOURCES)}, wikitext2:DIR, c4:DIR, or a text file path")
+                   help=f"calibration text: {', '.join(CALIB_SOURCES)}, wikitext2:DIR, c4:DIR, "
+                        "hf:NAME[:CONFIG]:SPLIT:COLUMN (a Hub dataset), json:PATH[:COLUMN], parquet:PATH[:COLUMN], "
+                        "or a text / .jsonl / .parquet file path")
     p.add_argument("--nsamples", type=int, default=None, help=_sizes_help(0, "calibration windows"))
     p.add_argument("--seqlen", type=int, default=None, help=_sizes_help(1, "tokens per calibration window"))
     p.add_argument("--seed", type=int, default=d.calib.seed, help="seed of the calibration window draw")

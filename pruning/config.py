@@ -42,6 +42,18 @@ class ConfigError(InputError):
     """Invalid configuration; the message names the field and the allowed values."""
 
 
+def _check_source(field_name: str, source) -> None:
+    """A text source's form, checked without loading anything: ``hf:NAME[:CONFIG]:SPLIT:COLUMN`` well formed
+    (``pruning.data.parse_hf_source``). Whether the text exists is checked when it is loaded."""
+    if str(source).startswith("hf:"):
+        from .data import DataError, parse_hf_source
+
+        try:
+            parse_hf_source(source, field_name)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+
+
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
         raise ConfigError(f"{name}: expected an integer, got {value!r}")
@@ -77,6 +89,7 @@ class CalibConfig:
         object.__setattr__(self, "seed", _check_int("seed", self.seed, 0))
         if not str(self.source).strip():
             raise ConfigError(f"calib: empty source; allowed: {', '.join(CALIB_SOURCES)}, or a text file path")
+        _check_source("calib.source", self.source)
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,7 @@ class EvalConfig:
     def __post_init__(self):
         object.__setattr__(self, "windows", _check_int("eval_windows", self.windows, 0, 1_000_000))
         object.__setattr__(self, "seqlen", _check_int("eval_seqlen", self.seqlen, 8, 1 << 17))
+        _check_source("eval.source", self.source)
         from .zeroshot import parse_tasks  # torch-free
 
         try:
