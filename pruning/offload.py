@@ -9,8 +9,8 @@ The pipeline (``pruning.pipeline.prune_model``) asks ``store_of(model)`` for the
 each block in ``store.onload(block)``: the block's tensors are materialised on the compute device (accelerate's
 hooks are told not to drop them), the block is pruned exactly as a resident one, and on a normal exit the pruned
 linear weights are written back where they live -- for ``cpu``: the CPU copy in accelerate's weights map; for
-``disk``: a safetensors file per block in the run's offload folder, the offload index entries pointed at it (the
-checkpoint the model was loaded from is only ever read). Then the block goes back to the meta device. Peak
+``disk``: accelerate's ``offload_weight`` writes each one as a ``.dat`` memory map in the run's offload folder and
+the offload index entry is pointed at it (the checkpoint the model was loaded from is only ever read). Then the block goes back to the meta device. Peak
 accelerator memory is one block + its activations + one Gram; peak RAM with disk offload is the embeddings + one
 block + activations.
 
@@ -269,26 +269,23 @@ class BlockStore:
                     set_module_tensor_to_device(mod, tname, "meta")
 
     def _write_back(self, index: int, entries) -> None:
-        from safetensors.torch import save_file
+        """cpu: replace the CPU copy in accelerate's weights map; disk: rewrite the tensor with accelerate's
+        ``offload_weight`` (a ``.dat`` memory map in this load's folder) and point the offload index at it."""
+        from accelerate.utils import offload_weight
 
-        tensors, targets = {}, []
         for mod, hook, tname in entries:
             loader, key = _loader_and_key(hook.weights_map, tname)
             value = getattr(mod, tname).detach()
-            targets.append((loader, key, value))
-        if self.mode == "disk":
-            path = self.folder / f"block-{index}-{uuid.uuid4().hex[:6]}.safetensors"
-            tensors = {key: value.to("cpu").contiguous() for _, key, value in targets}
-            save_file(tensors, str(path))
-        for loader, key, value in targets:
             sd = loader if isinstance(loader, dict) else loader.state_dict
             if key in sd:  # cpu offload: the CPU copy in the weights map
                 self._remember(loader, key, "state_dict", sd[key])
                 sd[key] = value.to("cpu", copy=True)
-            else:  # disk: point the offload index at the pruned copy
+            else:  # disk: the loader reads save_folder/<key>.dat for an index entry without a safetensors file
+                if loader.save_folder is None or Path(loader.save_folder).resolve() != self.folder.resolve():
+                    raise OffloadError(f"offload: accelerate's offload folder {loader.save_folder!r} is not this "
+                                       f"run's {str(self.folder)!r}; nothing was written")
                 self._remember(loader, key, "index", loader.index.get(key))
-                loader.index[key] = {"safetensors_file": str(path), "weight_name": key,
-                                     "dtype": str(value.dtype).replace("torch.", "")}
+                offload_weight(value.to("cpu"), key, str(self.folder), index=loader.index)
             self.written += 1
 
     def _remember(self, loader, key, where, entry) -> None:

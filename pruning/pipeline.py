@@ -425,7 +425,7 @@ class _Run:
     warn: Callable[[str], None]
     check_cancel: Callable[[], None]
     result: "PruneResult"
-    saved: list
+    saved: list | None  # (linear, weight before) per write; None when an offload store keeps the originals
     timings: Timings
     targets: dict | None = None  # (block, name) -> sparsity, from the allocation (None: every layer at config.sparsity)
 
@@ -597,8 +597,12 @@ def prune_model(
         result.warnings.append(msg)
         emit(WarningEvent(msg))
 
-    run = _Run(config, SOLVERS.get(config.solver), pattern, s_opts, u_opts, emit, warn, check_cancel, result, [], Timings())
     store = _block_store(model)  # offloaded blocks (pruning.offload): onloaded one at a time, written back
+    # resident blocks: a copy of every weight written, to restore on failure; offloaded ones: the store keeps the way
+    # back (the weights as loaded stay where they live), so no copy is held
+    saved = [] if store is None else None
+    run = _Run(config, SOLVERS.get(config.solver), pattern, s_opts, u_opts, emit, warn, check_cancel, result, saved,
+               Timings())
     onload = store.onload if store is not None else _resident
     was_training = model.training
     model.eval()
@@ -622,8 +626,6 @@ def prune_model(
                 for group in _groups(block, linears, inputs, config.true_sequential):
                     _solve_group(run, b, block, inputs, linears, group)
                 inputs = _propagate(run, b, block, inputs)
-            if store is not None:
-                run.saved.clear()  # the block is written back; the store keeps the way back to the loaded weights
             emit(BlockDone(block=b, n_blocks=n_blocks, seconds=time.perf_counter() - tb))
     except BaseException:
         if store is not None:
@@ -744,8 +746,9 @@ def _check_block_weights(b: int, linears: dict[str, Linear]) -> None:
                              "(nothing was changed)")
 
 
-def _write(lin: Linear, sol: LayerSolution, saved: list) -> None:
-    saved.append((lin, lin.get_weight().detach().clone()))
+def _write(lin: Linear, sol: LayerSolution, saved: list | None) -> None:
+    if saved is not None:
+        saved.append((lin, lin.get_weight().detach().clone()))
     lin.set_weight(sol.weight)
 
 
