@@ -60,6 +60,11 @@ def get_offloaded_model(config: PruneConfig):
     return model, tok, model_fingerprint(model)
 
 
+def has_accelerator() -> bool:
+    """True when this process sees a GPU (the app then offers offload: decoder blocks on CPU or disk)."""
+    return resolve_device("auto").type == "cuda"
+
+
 def calibration_windows_for(tokenizer, calib: CalibConfig) -> torch.Tensor:
     """(nsamples, seqlen) calibration windows of ``calib`` (``pruning.data.calibration_windows``)."""
     from .data import calibration_windows

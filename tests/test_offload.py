@@ -292,3 +292,24 @@ def test_big_llama_disk_offload_same_masks_half_the_memory(tmp_path):
     print(f"\npeak RSS loaded {a['peak_rss'] / 2**20:.0f} MiB ({a['seconds']} s), disk {b['peak_rss'] / 2**20:.0f} MiB "
           f"({b['seconds']} s); after imports {a['base_rss'] / 2**20:.0f} / {b['base_rss'] / 2**20:.0f} MiB")
     assert b["peak_rss"] < 0.5 * a["peak_rss"]
+
+
+def test_app_offers_offload_only_with_a_gpu():
+    import gradio as gr
+
+    from pruning.api import has_accelerator
+    from ui.base import App
+    from ui.forms import FORM_FIELDS, config_from_form
+    from ui.prune import PruneTab
+
+    with gr.Blocks() as demo:
+        tab = PruneTab()
+        tab.build(App(demo=demo, runner=None, store=None, precomputed_dir=None))
+    assert tab.offload.visible is has_accelerator() is torch.cuda.is_available()
+    assert tab.form_inputs()[FORM_FIELDS.index("offload")] is tab.offload
+    form = dict(zip(FORM_FIELDS, ["smollm2-135m", "wanda", "unstructured", 0.5, "none", 2, 64, "wiki-sample", 2, 64,
+                                  "cpu", "auto", "hi", 4, "uniform", False, False, "disk"]))
+    cfg = config_from_form(form, [], [])
+    assert cfg.offload == "disk" and cfg.key() == cfg.replace(offload="none").key()
+    form["offload"] = None  # hidden control / older clients: no offload
+    assert config_from_form(form, [], []).offload == "none"
