@@ -178,6 +178,13 @@ def section_sparse(dev, dry: bool) -> dict:
     return bench_sparse(shapes, tokens=64 if dry else 2048, device=str(dev), reps=3 if dry else 20)
 
 
+def _write(out: Path, res: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    tmp.replace(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_check.json"))
@@ -190,12 +197,16 @@ def main(argv=None) -> int:
     dry = a.dry_run or dev.type != "cuda"
     res = {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
            platform.processor() or "cpu", "dry_run": dry, "torch": torch.__version__,
-           "started_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "sections": {}}
+           "started_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "finished": False, "sections": {}}
     sections = {"smollm2": section_smollm2, "llama8b": section_llama8b, "sparse_2of4": section_sparse}
-    t_all = time.perf_counter()
-    for name in [s.strip() for s in a.only.split(",") if s.strip()]:
+    names = [s.strip() for s in a.only.split(",") if s.strip()]
+    for name in names:
         if name not in sections:
             p.error(f"--only: unknown section {name!r}; allowed: {', '.join(sections)}")
+    t_all = time.perf_counter()
+    out = Path(a.out)
+    res["total_seconds"] = 0.0
+    for name in names:
         t0 = time.perf_counter()
         print(f"[gpu_check] {name} ...", file=sys.stderr, flush=True)
         try:
@@ -206,10 +217,10 @@ def main(argv=None) -> int:
                                      "traceback": traceback.format_exc()[-4000:]}
         res["sections"][name]["section_seconds"] = round(time.perf_counter() - t0, 2)
         print(f"[gpu_check] {name}: {res['sections'][name]['section_seconds']} s", file=sys.stderr, flush=True)
-    res["total_seconds"] = round(time.perf_counter() - t_all, 2)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+        res["total_seconds"] = round(time.perf_counter() - t_all, 2)
+        _write(out, res)  # after every section: a run stopped by the time limit keeps what it measured
+    res["finished"] = True
+    _write(out, res)
     print(f"[gpu_check] wrote {out} ({res['total_seconds']} s)", file=sys.stderr)
     return 0 if all(s["ok"] for s in res["sections"].values()) else 1
 

@@ -16,7 +16,7 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path):
     out = tmp_path / "gpu_check.json"
     assert gpu_check.main(["--dry-run", "--device", "cpu", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert res["dry_run"] is True and set(res["sections"]) == {"smollm2", "llama8b", "sparse_2of4"}
+    assert res["dry_run"] is True and res["finished"] is True and set(res["sections"]) == {"smollm2", "llama8b", "sparse_2of4"}
     assert all(s["ok"] for s in res["sections"].values()), {k: s.get("error") for k, s in res["sections"].items()}
     sm = res["sections"]["smollm2"]
     assert set(sm["runs"]) == {"sparsegpt batch=8", "admm batch=8", "sparsefw T=20 batch=8", "sparsegpt batch=1"}
