@@ -316,10 +316,6 @@ def store_of(model: nn.Module) -> BlockStore | None:
 
 def real_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` (parameter ``name`` of ``model``), read from accelerate's weights map when it is on meta."""
-    if not tensor.is_meta:
-        return tensor
-    mod_name, _, tname = name.rpartition(".")
-    hook = getattr(model.get_submodule(mod_name), "_hf_hook", None)
-    if hook is None or hook.weights_map is None:
-        return tensor
-    return hook.weights_map[tname]
+    from .models import real_tensor as read
+
+    return read(model, name, tensor)
