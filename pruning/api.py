@@ -47,6 +47,24 @@ def get_model(model_id: str, device: str | torch.device = "auto", dtype: str | t
         return ENGINE.models[key]
 
 
+def get_offloaded_model(config: PruneConfig):
+    """(model, tokenizer, fingerprint) of ``config.model`` with its decoder blocks on ``config.offload`` ('cpu' or
+    'disk', in ``config.offload_folder``): a fresh load per call (pruning writes into it), never shared. The
+    fingerprint equals ``get_model``'s for the same checkpoint and dtype (the weights are the same)."""
+    from .models import model_fingerprint
+    from .offload import load_offloaded
+
+    dev = resolve_device(config.device)
+    model, tok = load_offloaded(config.model, dev, resolve_dtype(config.dtype, dev), config.offload,
+                                config.offload_folder or None)
+    return model, tok, model_fingerprint(model)
+
+
+def has_accelerator() -> bool:
+    """True when this process sees a GPU (the app then offers offload: decoder blocks on CPU or disk)."""
+    return resolve_device("auto").type == "cuda"
+
+
 def calibration_windows_for(tokenizer, calib: CalibConfig) -> torch.Tensor:
     """(nsamples, seqlen) calibration windows of ``calib`` (``pruning.data.calibration_windows``)."""
     from .data import calibration_windows
@@ -147,7 +165,14 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
     try:
         t0 = time.perf_counter()
         emit(ev.PhaseStarted("load", config.model))
-        model, tok, fp = get_model(config.model, config.device, config.dtype)
+        offloaded = config.offload != "none"
+        if offloaded:  # blocks on CPU / disk: pruned in place, one block on the compute device at a time
+            from .offload import check_offload, store_of
+
+            check_offload(config.offload, config.offload_folder or None)  # accelerate, a writable folder: first
+            model, tok, fp = get_offloaded_model(config)
+        else:
+            model, tok, fp = get_model(config.model, config.device, config.dtype)
         timings["load"] = time.perf_counter() - t0
         # all input validation before any weight is touched
         from .pipeline import validate_model_for_pattern
@@ -176,7 +201,7 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
             for i, (p, d) in enumerate(zip(config.prompts, dense["generations"])):
                 emit(ev.GenerationProgress("dense", i, p, d, True))
         t0 = time.perf_counter()
-        pruned = copy.deepcopy(model)
+        pruned = model if offloaded else copy.deepcopy(model)  # offloaded: no second copy (kl/zeroshot refused)
         timings["copy"] = time.perf_counter() - t0
         rep = prune_model(pruned, tok, config, on_event=emit, cancel=cancel, windows=calib_ids)  # windows given
         for k, v in rep["timings"].items():
@@ -240,6 +265,8 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
         emit(ev.JobFinished(report))
         if keep_model:
             report["_model"], report["_tokenizer"] = pruned, tok
+        elif offloaded:
+            store_of(model).close()  # the pruned blocks on disk are no longer needed
         return report
     except ev.Cancelled as exc:
         emit(ev.JobCancelled(str(exc) or "cancelled by the user"))

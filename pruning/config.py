@@ -24,6 +24,8 @@ SCHEMA_VERSION = 1
 DEFAULT_PROMPTS = ("The capital of France is", "Once upon a time, there was a little girl who")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+OFFLOAD_MODES = ("none", "cpu", "disk")  # where the decoder blocks live while pruning (pruning.offload)
+RUN_ONLY_FIELDS = ("offload", "offload_folder")  # how a run is executed; never part of key(): results are identical
 CALIB_SOURCES = ("wiki-sample", "pydoc", "wikitext2", "c4")  # named text sources (also: a file path, text:...)
 # run sizes: (calibration windows, tokens per window, evaluation windows with 0 = all)
 CPU_SIZES = (16, 512, 16)  # small enough for a laptop CPU (SmolLM2: about a minute per run)
@@ -38,6 +40,18 @@ def _sizes(device) -> tuple[int, int, int]:
 
 class ConfigError(InputError):
     """Invalid configuration; the message names the field and the allowed values."""
+
+
+def _check_source(field_name: str, source) -> None:
+    """A text source's form, checked without loading anything: ``hf:NAME[:CONFIG]:SPLIT:COLUMN`` well formed
+    (``pruning.data.parse_hf_source``). Whether the text exists is checked when it is loaded."""
+    if str(source).startswith("hf:"):
+        from .data import DataError, parse_hf_source
+
+        try:
+            parse_hf_source(source, field_name)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
@@ -75,6 +89,7 @@ class CalibConfig:
         object.__setattr__(self, "seed", _check_int("seed", self.seed, 0))
         if not str(self.source).strip():
             raise ConfigError(f"calib: empty source; allowed: {', '.join(CALIB_SOURCES)}, or a text file path")
+        _check_source("calib.source", self.source)
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,7 @@ class EvalConfig:
     def __post_init__(self):
         object.__setattr__(self, "windows", _check_int("eval_windows", self.windows, 0, 1_000_000))
         object.__setattr__(self, "seqlen", _check_int("eval_seqlen", self.seqlen, 8, 1 << 17))
+        _check_source("eval.source", self.source)
         from .zeroshot import parse_tasks  # torch-free
 
         try:
@@ -169,6 +185,8 @@ class PruneConfig:
     allocation: str = "uniform"  # per-layer sparsity targets: uniform, owl, curve (pruning.allocation)
     owl_m: float = 5.0           # OWL: outlier threshold, a multiple of the mean Wanda score
     owl_lambda: float = 0.08     # OWL: spread of the block sparsities (width 2λ)
+    offload: str = "none"        # decoder blocks on 'cpu' or 'disk' (accelerate), onloaded one at a time; not in key()
+    offload_folder: str = ""     # disk offload: root folder for the pruned blocks ('' = cache_dir()/offload)
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
@@ -224,6 +242,22 @@ class PruneConfig:
                 raise ConfigError(f"{name}: expected an object with fields {', '.join(cls.__dataclass_fields__)}; "
                                   f"got {type(value).__name__}")
         self._check_allocation()
+        self._check_offload()
+
+    def _check_offload(self) -> None:
+        mode = str(self.offload).strip().lower()
+        if mode not in OFFLOAD_MODES:
+            raise ConfigError(f"offload: {self.offload!r} not allowed; allowed: {', '.join(OFFLOAD_MODES)}")
+        object.__setattr__(self, "offload", mode)
+        folder = "" if self.offload_folder is None else str(self.offload_folder)
+        if folder and mode != "disk":
+            raise ConfigError(f"offload_folder: only used with offload 'disk' (offload is {mode!r}); set offload to "
+                              "'disk' or leave the folder empty")
+        object.__setattr__(self, "offload_folder", folder)
+        if mode != "none" and (self.eval.kl or self.eval.zeroshot):
+            raise ConfigError("offload: KL drift and zero-shot tasks compare the dense and the pruned model side by "
+                              "side, which an offloaded run does not keep; turn kl / zeroshot off, or use offload "
+                              "'none'")
 
     @property
     def option_dict(self) -> dict:
@@ -252,6 +286,8 @@ class PruneConfig:
         """Stable hash of the canonical JSON of everything that changes the result (+ schema version)."""
         d = self.to_dict()
         d["eval"] = self.eval.key_dict()
+        for name in RUN_ONLY_FIELDS:  # where the weights live does not change the result
+            d.pop(name)
         if self.allocation == "uniform":  # configs written before allocations existed keep their keys
             for name in ("allocation", "owl_m", "owl_lambda"):
                 d.pop(name)

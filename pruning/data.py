@@ -22,12 +22,22 @@ Sources (``CalibConfig.source`` / ``EvalConfig.source``):
 ``c4``                       HF ``allenai/c4`` shards ``en/c4-train.00000-of-01024.json.gz`` (calib; documents = rows)
                              and ``en/c4-validation.00000-of-00008.json.gz`` (eval: first 1100 rows joined with ``" "``).
 ``c4:<path>``                the same from local copies of those shards (a folder, searched recursively, or one file).
+``hf:NAME[:CONFIG]:SPLIT:COLUMN``  any Hugging Face Hub dataset through ``datasets.load_dataset(NAME, CONFIG,
+                             split=SPLIT)``, its text column COLUMN (SPLIT may be a slice such as ``train[:1000]``);
+                             calib = the rows as documents, eval = the rows joined with ``"\\n\\n"`` as one document
+                             (as wikitext2). Give the evaluation its own split: ``--eval hf:NAME:test:text``. Needs the
+                             Hub (or the dataset in the local datasets cache); offline -> a DataError naming the field.
+``json:<path>[:COLUMN]``,    a local JSON / JSON Lines (optionally ``.gz``) or parquet file (or a folder of them) read
+``parquet:<path>[:COLUMN]``  with ``datasets``' ``json`` / ``parquet`` builders, column COLUMN (default ``text``); a
+                             bare path ending in ``.json``, ``.jsonl`` (``.gz``) or ``.parquet`` means the same. Each row
+                             is a part; see "user text" below.
 ``text:<pasted text>``       pasted text; see "user text" below. ``text_source(text)`` builds this string.
-``file:<path>`` or a path    a UTF-8 text file; see "user text" below.
+``file:<path>`` or a path    a UTF-8 text file; see "user text" below (read directly, as before; no ``datasets``).
 ===========================  =========================================================================================
 
-User text (files and pasted text): split into parts at blank lines. With at least 4 parts, part ``i % 4 == 3`` goes
-to eval and the rest to calib (each part is a document); with fewer, the whole text is used for both splits.
+User text (files, pasted text, JSON / parquet rows): split into parts -- at blank lines for text, one per row for
+JSON / parquet. With at least 4 parts, part ``i % 4 == 3`` goes to eval and the rest to calib (each part is a
+document); with fewer, the whole text is used for both splits (text), or every row for both (rows).
 
 Documents and token ids are cached in memory, per (tokenizer identity, source identity, split), in the process's
 ``pruning.engine.DEFAULT`` (``DEFAULT.clear()`` forgets them); nothing is written to disk except the converted
@@ -60,8 +70,11 @@ C4_VALIDATION = "en/c4-validation.00000-of-00008.json.gz"
 C4_EVAL_DOCS = 1100
 NAMED_SOURCES = ("wiki-sample", "pydoc", "wikitext2", "c4")
 SPLITS = ("calib", "eval")
-_ALLOWED = ("wiki-sample, pydoc, wikitext2[:local path], c4[:local path], text:<pasted text>, "
-            "or a path to a UTF-8 text file")
+_ALLOWED = ("wiki-sample, pydoc, wikitext2[:local path], c4[:local path], hf:NAME[:CONFIG]:SPLIT:COLUMN, "
+            "json:<path>[:COLUMN], parquet:<path>[:COLUMN], text:<pasted text>, or a path to a UTF-8 text, .json, "
+            ".jsonl or .parquet file")
+HF_FORMAT = "hf:NAME[:CONFIG]:SPLIT:COLUMN (e.g. hf:wikitext:wikitext-2-raw-v1:train:text)"
+ROW_SUFFIXES = {".json": "json", ".jsonl": "json", ".json.gz": "json", ".jsonl.gz": "json", ".parquet": "parquet"}
 
 
 class DataError(InputError):
@@ -220,7 +233,7 @@ def _find_split_files(root: Path, keys: tuple[str, ...], field: str) -> list[Pat
     return files
 
 
-def _datasets_rows(field: str, label: str, how: str, **kwargs) -> list[str]:
+def _datasets_rows(field: str, label: str, how: str, column: str = "text", **kwargs) -> list[str]:
     try:
         import datasets
     except ImportError:
@@ -232,13 +245,114 @@ def _datasets_rows(field: str, label: str, how: str, **kwargs) -> list[str]:
     if not online:  # only the local datasets cache is tried (no ~25 s of retries), for this call only
         kwargs["download_config"] = datasets.DownloadConfig(local_files_only=True)
     try:
-        return list(datasets.load_dataset(**kwargs)["text"])
+        ds = datasets.load_dataset(**kwargs)
     except Exception as e:  # boundary: hub unreachable, dataset missing, ... -> one clear message
         why = ("the Hugging Face Hub is not reachable from this machine and the dataset is not in the local "
                "datasets cache" if not online else
                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         raise DataError(f"{field}: could not load {label!r} through `datasets` ({why}). "
                         f"Use local files: {how}. Offline alternatives: wiki-sample, pydoc, a text file.") from e
+    return _column(ds, column, field, label)
+
+
+def _column(ds, column: str, field: str, label: str) -> list[str]:
+    """The text rows of ``column`` of a ``datasets.Dataset``; a DataError naming the columns there are otherwise."""
+    names = list(getattr(ds, "column_names", None) or [])
+    if column not in names:
+        raise DataError(f"{field}: {label!r} has no column {column!r}; its columns: {', '.join(names) or 'none'}")
+    return ["" if r is None else str(r) for r in ds[column]]
+
+
+def parse_hf_source(source: str, field: str = "source") -> dict:
+    """``hf:NAME[:CONFIG]:SPLIT:COLUMN`` -> {"name", "config" (None if absent), "split", "column"}.
+
+    Colons inside ``[...]`` belong to a split slice (``train[:1000]``). Raises DataError naming ``field``."""
+    body = str(source)[len("hf:"):] if str(source).startswith("hf:") else str(source)
+    parts, cur, depth = [], "", 0
+    for ch in body:
+        depth += (ch == "[") - (ch == "]")
+        if ch == ":" and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    parts = [p.strip() for p in parts]
+    if len(parts) not in (3, 4) or not all(parts):
+        raise DataError(f"{field}: {str(source)[:120]!r} is not a Hub dataset source; write {HF_FORMAT}")
+    name, config, split, column = (parts[0], None, *parts[1:]) if len(parts) == 3 else parts
+    if not re.match(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$", name):
+        raise DataError(f"{field}: {name!r} is not a Hub dataset name (such as wikitext or allenai/c4); "
+                        f"write {HF_FORMAT}")
+    return {"name": name, "config": config, "split": split, "column": column}
+
+
+def hf_documents(source: str, split: str) -> list[str]:
+    """The documents of a ``hf:NAME[:CONFIG]:SPLIT:COLUMN`` source: calib = the rows, eval = the rows joined with
+    blank lines as one document (the wikitext2 convention)."""
+    _check_split(split)
+    field = _field(split)
+    spec = parse_hf_source(source, field)
+    how = "json:/path/to/rows.jsonl or parquet:/path/to/rows.parquet (a local copy of the rows)"
+    kwargs = {"path": spec["name"], "split": spec["split"]}
+    if spec["config"]:
+        kwargs["name"] = spec["config"]
+    rows = _datasets_rows(field, str(source), how, column=spec["column"], **kwargs)
+    rows = [r for r in rows if r.strip()]
+    return ["\n\n".join(rows)] if split == "eval" else rows
+
+
+def _row_source(src: str) -> tuple[str, Path, str] | None:
+    """(builder 'json'/'parquet', path, column) for ``json:``/``parquet:`` sources and bare .json/.jsonl/.parquet
+    paths; None for anything else."""
+    key, _, arg = src.partition(":")
+    if key.strip().lower() in ("json", "parquet"):
+        builder, rest = key.strip().lower(), arg.strip()
+        column = "text"
+        path = Path(rest).expanduser()
+        if not path.exists() and ":" in rest:  # json:/data/rows.jsonl:content
+            head, _, col = rest.rpartition(":")
+            path, column = Path(head).expanduser(), col.strip() or "text"
+        return builder, path, column
+    low = src.lower()
+    for suffix, builder in ROW_SUFFIXES.items():
+        if low.endswith(suffix) and Path(src).expanduser().is_file():
+            return builder, Path(src).expanduser(), "text"
+    return None
+
+
+def _row_files(builder: str, path: Path, field: str) -> list[str]:
+    if path.is_file():
+        return [str(path)]
+    if path.is_dir():
+        suffixes = tuple(s for s, b in ROW_SUFFIXES.items() if b == builder)
+        files = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
+        if files:
+            return files
+        raise DataError(f"{field}: no {', '.join(suffixes)} files under {str(path)!r}")
+    raise DataError(f"{field}: {builder} path {str(path)!r} does not exist")
+
+
+def row_documents(builder: str, path: Path, column: str, split: str) -> list[str]:
+    """Rows of local JSON / parquet files through ``datasets``' ``json`` / ``parquet`` builders (column ``column``),
+    split as user text (row ``i % 4 == 3`` -> eval with at least 4 rows; every row for both splits otherwise)."""
+    _check_split(split)
+    field = _field(split)
+    files = _row_files(builder, path, field)
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{field}: reading {builder} files needs the `datasets` package (pip install datasets); "
+                        "or give a plain UTF-8 text file") from None
+    datasets.disable_progress_bars()  # no "Generating train split" bars for a few local rows
+    try:
+        ds = datasets.load_dataset(builder, data_files=files, split="train")
+    except Exception as e:  # boundary: malformed JSON / parquet -> one clear message
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise DataError(f"{field}: could not read {str(path)!r} with the datasets {builder!r} builder "
+                        f"({type(e).__name__}: {first[:200]})") from e
+    rows = [r.strip() for r in _column(ds, column, field, str(path)) if r.strip()]
+    return _split_i4(rows, split) if len(rows) >= 4 else rows
 
 
 def _local_rows(data_files, hf_split: str, field: str, what: str) -> list[str]:
@@ -327,6 +441,16 @@ def _resolve(source: str, split: str) -> tuple[str, callable]:
         fn = wikitext2_documents if key == "wikitext2" else c4_documents
         loc = arg.strip() or None
         return f"{key}:{loc and os.path.abspath(os.path.expanduser(loc))}", lambda: fn(split, loc)
+    if key == "hf":
+        spec = parse_hf_source(src, field)
+        return "hf:" + json.dumps(spec, sort_keys=True), lambda: hf_documents(src, split)
+    rows = _row_source(src)
+    if rows is not None:
+        builder, rpath, column = rows
+        files = _row_files(builder, rpath, field)
+        stamp = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+        return (f"{builder}:{column}:" + hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:20],
+                lambda: row_documents(builder, rpath, column, split))
     path = Path(src[len("file:"):] if src.startswith("file:") else src).expanduser()
     if path.is_file():
         st = path.stat()

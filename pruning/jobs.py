@@ -68,6 +68,13 @@ def fingerprint_for_config(config: PruneConfig) -> str:
     """Fingerprint of the model exactly as ``run_job`` loads it (loaded once per process, then cached)."""
     from .api import get_model
 
+    if config.offload != "none":  # never load the whole model for an offloaded run
+        from .api import get_offloaded_model
+        from .offload import store_of
+
+        model, _, fp = get_offloaded_model(config)
+        store_of(model).close()
+        return fp
     return get_model(config.model, config.device, config.dtype)[2]
 
 

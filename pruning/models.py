@@ -377,12 +377,26 @@ def model_fingerprint(model) -> str:
     with torch.no_grad():
         for i in sorted(picks):
             name, p = params[i]
+            if p.is_meta:  # an offloaded block (pruning.offload): read the tensor where it lives
+                p = real_tensor(model, name, p)
             flat = p.detach().reshape(-1)  # (numel,)
             step = max(1, flat.numel() // 4096)
             sample = torch.cat([flat[::step][:4096], flat[step // 2::step][:4096]]).to("cpu", torch.float32)
             h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
             h.update(sample.numpy().tobytes())  # (<= 8192,) float32
     return h.hexdigest()[:16]
+
+
+def real_tensor(model, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (parameter ``name`` of ``model``); when it is on the meta device because accelerate offloaded it
+    (``pruning.offload``), the value read from the weights map of the hook on its module."""
+    if not tensor.is_meta:
+        return tensor
+    mod_name, _, tname = name.rpartition(".")
+    hook = getattr(model.get_submodule(mod_name), "_hf_hook", None)
+    if hook is None or getattr(hook, "weights_map", None) is None:
+        return tensor
+    return hook.weights_map[tname]
 
 
 def _save(model, tokenizer, out_dir) -> None:

@@ -497,7 +497,8 @@ def validate_model_for_pattern(model: nn.Module, pattern) -> None:
     _, blocks = find_blocks(model)
     for b, blk in enumerate(blocks):
         for name, lin in prunable_layers(blk).items():
-            if not bool(torch.isfinite(lin.get_weight()).all()):
+            w = lin.get_weight()
+            if not w.is_meta and not bool(torch.isfinite(w).all()):  # offloaded blocks: checked when onloaded
                 raise InputError(f"weights: NaN/Inf in block {b} {name}; a model with non-finite weights cannot be pruned")
     if pat.is_nm:
         bad = sorted({f"{name} (d_in={lin.shape[1]})" for blk in blocks for name, lin in prunable_layers(blk).items() if lin.shape[1] % pat.m})
@@ -555,7 +556,7 @@ class _Run:
     warn: Callable[[str], None]
     check_cancel: Callable[[], None]
     result: "PruneResult"
-    saved: list
+    saved: list | None  # (linear, weight before) per write; None when an offload store keeps the originals
     timings: Timings
     targets: dict | None = None  # (block, name) -> sparsity, from the allocation (None: every layer at config.sparsity)
     experts: dict = field(default_factory=dict)  # (block, expert name) -> its record in result.experts
@@ -790,9 +791,14 @@ def prune_model(
         result.warnings.append(msg)
         emit(WarningEvent(msg))
 
-    run = _Run(config, spec, pattern, s_opts, u_opts, emit, warn, check_cancel, result, [], Timings())
+    store = _block_store(model)  # offloaded blocks (pruning.offload): onloaded one at a time, written back
+    # resident blocks: a copy of every weight written, to restore on failure; offloaded ones: the store keeps the way
+    # back (the weights as loaded stay where they live), so no copy is held
+    saved = [] if store is None else None
+    run = _Run(config, spec, pattern, s_opts, u_opts, emit, warn, check_cancel, result, saved, Timings())
     for msg in dense_warnings(blocks):
         warn(msg)
+    onload = store.onload if store is not None else _resident
     was_training = model.training
     model.eval()
     try:
@@ -802,26 +808,33 @@ def prune_model(
         if config.allocation != "uniform":
             emit(PhaseStarted("calibrate", f"allocation {config.allocation}: a dense pass over the calibration windows"))
             with run.timings.phase("allocation"):
-                run.targets = layer_targets(blocks, inputs, config, pattern, check_cancel)
+                run.targets = layer_targets(blocks, inputs, config, pattern, check_cancel, onload)
         emit(PhaseStarted("prune", f"{n_blocks} blocks"))
         for b, block in enumerate(blocks):
             check_cancel()
             tb = time.perf_counter()
             emit(BlockStarted(block=b, n_blocks=n_blocks))
-            linears = block_linears(block)
-            experts = experts_of[b]
-            if config.true_sequential:  # experts after every linear: gate/up, then down on the pruned gate/up
-                for group in _groups(block, linears, inputs, True):
-                    _solve_group(run, b, block, inputs, linears, group)
-                for which in (("gate_up",), ("down",)) if experts else ():
-                    _solve_group(run, b, block, inputs, linears, [], experts, which)
-            else:  # one dense statistics pass for the linears and the experts
-                _solve_group(run, b, block, inputs, linears, list(linears), experts, ("gate_up", "down"))
-            inputs = _propagate(run, b, block, inputs)
+            with onload(block, b):
+                linears = block_linears(block)
+                if store is not None:
+                    _check_block_weights(b, linears)
+                # looked up again once onloaded: an offloaded block's fused experts are other tensors now
+                experts = find_experts(block)[0] if store is not None and experts_of[b] else experts_of[b]
+                if config.true_sequential:  # experts after every linear: gate/up, then down on the pruned gate/up
+                    for group in _groups(block, linears, inputs, True):
+                        _solve_group(run, b, block, inputs, linears, group)
+                    for which in (("gate_up",), ("down",)) if experts else ():
+                        _solve_group(run, b, block, inputs, linears, [], experts, which)
+                else:  # one dense statistics pass for the linears and the experts
+                    _solve_group(run, b, block, inputs, linears, list(linears), experts, ("gate_up", "down"))
+                inputs = _propagate(run, b, block, inputs)
             emit(BlockDone(block=b, n_blocks=n_blocks, seconds=time.perf_counter() - tb))
     except BaseException:
-        for lin, w in reversed(run.saved):
-            lin.set_weight(w)
+        if store is not None:
+            store.restore()
+        else:
+            for lin, w in reversed(run.saved):
+                lin.set_weight(w)
         raise
     finally:
         model.train(was_training)
@@ -868,7 +881,7 @@ def _wanda_curve(W: torch.Tensor, G: torch.Tensor, pattern, grid: list[float]) -
     return out
 
 
-def layer_targets(blocks, inputs: BlockInputs, config, pattern, check_cancel: Callable[[], None]) -> dict:
+def layer_targets(blocks, inputs: BlockInputs, config, pattern, check_cancel: Callable[[], None], onload=None) -> dict:
     """Per-layer sparsity targets of ``config.allocation`` from a dense pass over the calibration inputs (the
     statistics OWL's official code uses), exact over the whole model (``allocation.exact_counts``).
 
@@ -880,23 +893,11 @@ def layer_targets(blocks, inputs: BlockInputs, config, pattern, check_cancel: Ca
 
     keys, sizes, block_of, ratios, curves = [], [], [], [], []
     grid = al.curve_grid(config.sparsity)
+    onload = onload or _resident
     for b, block in enumerate(blocks):
         check_cancel()
-        linears = block_linears(block)
-        if config.allocation == "owl":
-            norms, outs = _column_sq_norms(block, linears, inputs)
-            scores = [al.wanda_scores(lin.get_weight().detach().float(), norms[n]) for n, lin in linears.items()]
-            ratios.append(al.outlier_ratio(scores, config.owl_m))
-        else:
-            col, outs = collect_grams(block, linears, inputs)
-            for n, lin in linears.items():
-                curves.append(_wanda_curve(lin.get_weight().detach().float(), col.gram(n)[0], pattern, grid))
-            del col
-        for n, lin in linears.items():
-            keys.append((b, n))
-            sizes.append(lin.get_weight().numel())
-            block_of.append(b)
-        _check_finite(outs, f"the outputs of dense block {b}")
+        with onload(block, b, write=False):  # a read-only pass: nothing to write back
+            outs = _targets_block(al, b, block, inputs, config, pattern, grid, keys, sizes, block_of, ratios, curves)
         inputs = inputs.next(outs)
     if config.allocation == "owl":
         per_block = al.owl_block_sparsities(ratios, config.sparsity, config.owl_lambda)
@@ -907,8 +908,50 @@ def layer_targets(blocks, inputs: BlockInputs, config, pattern, check_cancel: Ca
     return dict(zip(keys, al.counts_to_sparsities(counts, sizes)))
 
 
-def _write(lin: Linear, sol: LayerSolution, saved: list) -> None:
-    saved.append((lin, lin.get_weight().detach().clone()))
+def _targets_block(al, b, block, inputs, config, pattern, grid, keys, sizes, block_of, ratios, curves):
+    """One block of ``layer_targets``'s dense pass (appends to the lists); returns the block's outputs."""
+    linears = block_linears(block)
+    if config.allocation == "owl":
+        norms, outs = _column_sq_norms(block, linears, inputs)
+        scores = [al.wanda_scores(lin.get_weight().detach().float(), norms[n]) for n, lin in linears.items()]
+        ratios.append(al.outlier_ratio(scores, config.owl_m))
+    else:
+        col, outs = collect_grams(block, linears, inputs)
+        for n, lin in linears.items():
+            curves.append(_wanda_curve(lin.get_weight().detach().float(), col.gram(n)[0], pattern, grid))
+        del col
+    for n, lin in linears.items():
+        keys.append((b, n))
+        sizes.append(lin.get_weight().numel())
+        block_of.append(b)
+    _check_finite(outs, f"the outputs of dense block {b}")
+    return outs
+
+
+@contextlib.contextmanager
+def _resident(block: nn.Module, index: int = 0, write: bool = True):
+    """``BlockStore.onload``'s stand-in for a model whose blocks are all in memory: nothing to do."""
+    yield block
+
+
+def _block_store(model: nn.Module):
+    """The model's ``pruning.offload.BlockStore`` when its blocks are offloaded, else None."""
+    from .offload import store_of
+
+    return store_of(model)
+
+
+def _check_block_weights(b: int, linears: dict[str, Linear]) -> None:
+    """An onloaded block's weights are finite (``validate_model_for_pattern`` cannot see offloaded ones)."""
+    for name, lin in linears.items():
+        if not bool(torch.isfinite(lin.get_weight()).all()):
+            raise InputError(f"weights: NaN/Inf in block {b} {name}; a model with non-finite weights cannot be pruned "
+                             "(nothing was changed)")
+
+
+def _write(lin: Linear, sol: LayerSolution, saved: list | None) -> None:
+    if saved is not None:
+        saved.append((lin, lin.get_weight().detach().clone()))
     lin.set_weight(sol.weight)
 
 

@@ -339,3 +339,153 @@ def test_wiki_sample_windows_and_dense_ppl(smollm2):
         losses = [float(model(w[None], labels=w[None]).loss) for w in ew]
     ppl = math.exp(sum(losses) / len(losses))
     assert math.isfinite(ppl) and 10 < ppl < 60, ppl  # assets.md: 21.9 (8 windows), 22.8 (16), 25.4 (32)
+
+
+# ------------------------------------------------------------------------- the embedded sample is unchanged
+# sha256 of the int64 token ids (little-endian bytes of the tensor), computed with main's code at commit 49cbf1c
+# (before sources through `datasets` were added) by pruning.data.calibration_windows / eval_windows / load_text:
+WIKI_TEXT_SHA = {"calib": "4b87c9af544bbc24e2181778b3b87130a28eeebbf46e3718ae078b137cb9abea",
+                 "eval": "03e0d6b5708f20e69b95f12a3557aed8870fc1349cd23ca212fa7a9316863490"}
+WIKI_WINDOWS_SHA = {  # (tokenizer, what) -> (shape, sha256)
+    ("tiny", "calib16x512"): ((16, 512), "3a47bcba44b94223a531a1dfda41e9c50a0632e05b880e277b1a0c01ca7dfcc3"),
+    ("tiny", "eval512x16"): ((16, 512), "fe91bdc9badb5c624da67634d9a967c67dff7fe0eb2239f9ba4ca3fcadd09cc1"),
+    ("smollm2", "calib16x512"): ((16, 512), "81339cc4435814b596e83067774b84157e89d1e5cba9faea21e8ba1d7b23f2e5"),
+    ("smollm2", "eval512x16"): ((16, 512), "979ca01db54eba942345437049c44cecb9bba695569076c5ab7ad14e776d21d7"),
+    ("smollm2", "calib128x2048"): ((128, 2048), "cb0a5b27013e199870679abc21a57c22aac644bbecf325dfcb177198f11f8ca8"),
+    ("smollm2", "eval2048all"): ((63, 2048), "2dd381bcf81769399e6f2ccedd4e2a3028ccb82f7288a4181afb1efaaa7e4bf6"),
+}
+
+
+def _sha(t: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(t.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
+
+
+def _wiki_windows(tok, what: str) -> torch.Tensor:
+    if what.startswith("calib"):
+        n, seqlen = map(int, what[len("calib"):].split("x"))
+        return calibration_windows(tok, "wiki-sample", nsamples=n, seqlen=seqlen, seed=0)
+    seqlen, n = what[len("eval"):].split("x") if "x" in what else (what[len("eval"):-3], "0")
+    return eval_windows(tok, "wiki-sample", seqlen=int(seqlen), max_windows=int(n))
+
+
+def test_wiki_sample_same_text_and_windows_as_before(tok):
+    import hashlib
+
+    for split, sha in WIKI_TEXT_SHA.items():
+        assert hashlib.sha256(load_text("wiki-sample", split).encode()).hexdigest() == sha
+    for (name, what), (shape, sha) in WIKI_WINDOWS_SHA.items():
+        if name == "tiny":
+            w = _wiki_windows(tok, what)
+            assert tuple(w.shape) == shape and _sha(w) == sha, what
+
+
+@pytest.mark.slow
+def test_wiki_sample_same_windows_as_before_smollm2(smollm2):
+    _, tok = smollm2
+    for (name, what), (shape, sha) in WIKI_WINDOWS_SHA.items():
+        if name == "smollm2":
+            w = _wiki_windows(tok, what)
+            assert tuple(w.shape) == shape and _sha(w) == sha, what
+
+
+# ------------------------------------------------------------------------- sources through `datasets`
+
+ROWS = [f"Row {i}: " + " ".join(f"tok{i}_{j}" for j in range(20 + i)) for i in range(9)]
+
+
+def test_parse_hf_source_forms():
+    from pruning.data import parse_hf_source
+
+    assert parse_hf_source("hf:wikitext:wikitext-2-raw-v1:train:text") == {
+        "name": "wikitext", "config": "wikitext-2-raw-v1", "split": "train", "column": "text"}
+    assert parse_hf_source("hf:allenai/c4:validation[:100]:text") == {
+        "name": "allenai/c4", "config": None, "split": "validation[:100]", "column": "text"}
+    assert parse_hf_source("hf:org/ds:cfg:train[10:20%]:body")["split"] == "train[10:20%]"
+    for bad in ("hf:wikitext", "hf:wikitext:train", "hf:a:b:c:d:e", "hf::train:text", "hf:bad name:train:text"):
+        with pytest.raises(DataError, match=r"^calib\.source: .*hf:NAME\[:CONFIG\]:SPLIT:COLUMN"):
+            parse_hf_source(bad, "calib.source")
+
+
+def test_hf_source_format_checked_by_the_config():
+    from pruning.config import CalibConfig, ConfigError, EvalConfig
+
+    assert CalibConfig(source="hf:wikitext:wikitext-2-raw-v1:train:text").source.startswith("hf:")
+    with pytest.raises(ConfigError, match=r"^calib\.source: 'hf:wikitext' is not a Hub dataset source; write hf:NAME"):
+        CalibConfig(source="hf:wikitext")
+    with pytest.raises(ConfigError, match=r"^eval\.source: .*write hf:NAME"):
+        EvalConfig(source="hf:x:y")
+
+
+def test_hf_source_offline_message(monkeypatch):
+    monkeypatch.setattr(pd, "hub_reachable", lambda: False)
+    with pytest.raises(DataError, match=r"^eval\.source: could not load 'hf:someorg/not-cached:test:text' through "
+                                        r"`datasets` \(the Hugging Face Hub is not reachable from this machine"):
+        load_documents("hf:someorg/not-cached:test:text", "eval")
+
+
+def test_hf_source_rows_and_column(monkeypatch):
+    """The hub path with datasets' loader stubbed by a real in-memory Dataset: calib = rows, eval = one document."""
+    import datasets
+
+    seen = {}
+
+    def fake_load(**kw):
+        seen.update(kw)
+        return datasets.Dataset.from_dict({"body": ROWS + [""], "n": list(range(len(ROWS) + 1))})
+
+    monkeypatch.setattr(pd, "hub_reachable", lambda: True)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    src = "hf:org/fake-ds:cfg1:train[:50%]:body"
+    assert load_documents(src, "calib") == ROWS  # the empty row is dropped
+    assert seen == {"path": "org/fake-ds", "name": "cfg1", "split": "train[:50%]"}
+    assert load_documents(src, "eval") == ["\n\n".join(ROWS)]
+    with pytest.raises(DataError, match=r"^calib\.source: 'hf:org/fake-ds:train:text' has no column 'text'; "
+                                        r"its columns: body, n"):
+        load_documents("hf:org/fake-ds:train:text", "calib")
+
+
+def _write_rows(path, rows, column="text", fmt="jsonl"):
+    if fmt == "jsonl":
+        opener = gzip.open if str(path).endswith(".gz") else open
+        with opener(path, "wt", encoding="utf-8") as f:
+            f.write("\n".join(json.dumps({column: r, "id": i}) for i, r in enumerate(rows)) + "\n")
+    elif fmt == "json":
+        path.write_text(json.dumps([{column: r} for r in rows]), encoding="utf-8")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({column: rows, "id": list(range(len(rows)))}), path)
+    return path
+
+
+@pytest.mark.parametrize("name,fmt", [("rows.jsonl", "jsonl"), ("rows.jsonl.gz", "jsonl"), ("rows.json", "json"),
+                                      ("rows.parquet", "parquet")])
+def test_local_row_files_through_datasets_builders(tmp_path, name, fmt):
+    path = _write_rows(tmp_path / name, ROWS, fmt=fmt)
+    calib, ev = load_documents(str(path), "calib"), load_documents(str(path), "eval")
+    assert ev == [ROWS[3], ROWS[7]] and calib == [r for i, r in enumerate(ROWS) if i % 4 != 3]
+    builder = "parquet" if fmt == "parquet" else "json"
+    assert load_documents(f"{builder}:{path}", "eval") == ev  # the explicit prefix means the same
+
+
+def test_local_rows_column_folder_and_errors(tmp_path, tok):
+    path = _write_rows(tmp_path / "a.parquet", ROWS[:3], column="content", fmt="parquet")
+    assert load_documents(f"parquet:{path}:content", "eval") == ROWS[:3]  # < 4 rows: every row for both splits
+    with pytest.raises(DataError, match=r"^calib\.source: '.*a\.parquet' has no column 'text'; its columns: content, id"):
+        load_documents(str(path), "calib")
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    _write_rows(folder / "part-0.jsonl", ROWS[:5])
+    _write_rows(folder / "part-1.jsonl", ROWS[5:])
+    assert load_documents(f"json:{folder}", "eval") == [ROWS[3], ROWS[7]]
+    with pytest.raises(DataError, match=r"^eval\.source: json path '.*missing\.jsonl' does not exist"):
+        load_documents(f"json:{tmp_path / 'missing.jsonl'}", "eval")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"^calib\.source: could not read '.*bad\.jsonl' with the datasets 'json' builder"):
+        load_documents(str(bad), "calib")
+    w = calibration_windows(tok, str(_write_rows(tmp_path / "c.jsonl", ROWS)), nsamples=2, seqlen=16, seed=0)
+    assert w.shape == (2, 16) and any(_is_slice(w[0], _ids(tok, r)) for r in ROWS)

@@ -74,6 +74,7 @@ PRUNE_LABELS = {
     "device": "Device", "dtype": "Forward dtype", "max_new_tokens": "New tokens", "seed": "Seed",
     "allocation": "Allocation", "zeroshot": "Zero-shot accuracy", "eval.zeroshot": "Zero-shot accuracy",
     "kl": "KL drift vs dense", "eval.kl": "KL drift vs dense",
+    "offload": "Offload decoder blocks",
 }
 
 
@@ -129,7 +130,8 @@ def _cast(option, value):
 
 
 FORM_FIELDS = ("model", "solver", "pattern", "sparsity", "update", "nsamples", "seqlen", "calib_source",
-               "eval_windows", "eval_seqlen", "device", "dtype", "prompts", "max_new_tokens", "allocation", "zeroshot", "kl")
+               "eval_windows", "eval_seqlen", "device", "dtype", "prompts", "max_new_tokens", "allocation", "zeroshot", "kl",
+               "offload")  # offload: shown only when the app has a GPU (else absent from the form: 'none')
 ZEROSHOT_TASK = "wiki-lastword"  # the offline lm-eval task the Prune tab's checkbox runs
 _NUMERIC = {"sparsity": "a number in [0, 1)", "nsamples": "a whole number", "seqlen": "a whole number",
             "eval_windows": "a whole number (0 = all)", "eval_seqlen": "a whole number", "max_new_tokens": "a whole number"}
@@ -177,6 +179,7 @@ def config_from_form(form: dict, option_values: list, refs: list[OptionRef]) -> 
         "dtype": form.get("dtype") or DEFAULTS.dtype,
         "prompts": prompts or list(DEFAULT_PROMPTS),
         "max_new_tokens": form["max_new_tokens"],
+        "offload": form.get("offload") or "none",
     }
     try:
         return parse_config(d)

@@ -155,6 +155,12 @@ class PruneTab(Tab):
                     with gr.Row():
                         self.device = gr.Dropdown(choices=list(DEVICES), value=DEFAULTS.device, allow_custom_value=True, label="Device", min_width=100)
                         self.dtype = gr.Dropdown(choices=list(DTYPES), value=DEFAULTS.dtype, label="Forward dtype", min_width=100)
+                    # models larger than the GPU: blocks on CPU or disk, one on the GPU at a time (pruning.offload);
+                    # on a CPU-only server there is nothing to offload to, so the control is hidden
+                    self.offload = gr.Dropdown(choices=["none", "cpu", "disk"], value=DEFAULTS.offload,
+                                               label=PRUNE_LABELS["offload"], visible=_has_gpu(),
+                                               info="cpu / disk: for models that do not fit on the GPU (through "
+                                               "accelerate; the result is the same); no KL drift or zero-shot then")
                 with gr.Accordion("Prompts for the generations", open=False):
                     self.prompts = gr.Textbox(value="\n".join(DEFAULT_PROMPTS), lines=3, label="One prompt per line")
                     self.max_new_tokens = gr.Number(value=DEFAULTS.max_new_tokens, precision=0,
@@ -185,7 +191,7 @@ class PruneTab(Tab):
         """The form, in forms.FORM_FIELDS order, then every solver/update option control."""
         return [self.model, self.solver, self.pattern, self.sparsity, self.update, self.nsamples, self.seqlen, self.calib_source,
                 self.eval_windows, self.eval_seqlen, self.device, self.dtype, self.prompts, self.max_new_tokens,
-                self.allocation, self.zeroshot, self.kl, *self.option_inputs]
+                self.allocation, self.zeroshot, self.kl, self.offload, *self.option_inputs]
 
     def prune_outputs(self) -> list:
         return [self.progress, self.layer_plot, self.log, self.metrics, self.generations, self.layer_table, self.report, self.job_id]
@@ -438,6 +444,13 @@ class PruneTab(Tab):
         if not ids:
             return "Nothing to cancel: no queued or running job."
         return f"Cancel requested for {what}: a running job stops at the next layer, a queued one is dropped."
+
+
+def _has_gpu() -> bool:
+    """Offload is offered only where there is a GPU to offload from."""
+    from pruning.api import has_accelerator
+
+    return has_accelerator()
 
 
 def relabel_device(e: Exception) -> str:
