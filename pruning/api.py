@@ -277,16 +277,21 @@ def run_job(config: PruneConfig, on_event: Callable[[ev.Event], None] | None = N
 
 
 def mask_checksum(model) -> str:
-    """SHA-256 of which weights are zero in every prunable linear of every block, in block and module order (names
-    and shapes included): equal for two runs exactly when they pruned the same weights (``report['mask_sha256']``)."""
+    """SHA-256 of which weights are zero in every weight matrix of every decoder block (linears and fused experts;
+    an offloaded one read where it lives), in block and parameter order, names and shapes included: equal for two
+    runs exactly when they pruned the same weights (``report['mask_sha256']``)."""
     import numpy as np
 
-    _, blocks = find_blocks(model)
+    from .models import real_tensor
+
+    prefix, blocks = find_blocks(model)
     h = hashlib.sha256()
     with torch.no_grad():
         for b, block in enumerate(blocks):
-            for name, lin in block_linears(block).items():
-                w = lin.get_weight()
+            for name, p in block.named_parameters():
+                if p.dim() < 2:
+                    continue
+                w = real_tensor(model, f"{prefix}.{b}.{name}", p)
                 h.update(f"{b}.{name}:{tuple(w.shape)}".encode())
                 h.update(np.packbits((w != 0).reshape(-1).cpu().numpy()).tobytes())  # 1 bit per weight
     return h.hexdigest()

@@ -440,17 +440,24 @@ def _pruned_params(block: nn.Module) -> set[str]:
     return names
 
 
-def weight_accounting(blocks) -> tuple[float, dict]:
-    """(sparsity, by kind) measured on the model: zeros over every weight matrix of the decoder blocks (every
-    parameter with 2 or more dimensions: linears, fused experts, routers; norms and biases excluded), and the same
-    per kind (attention / mlp / experts / router / other: {"zeros", "numel", "sparsity"})."""
+def block_weight_counts(block: nn.Module) -> dict[str, list[int]]:
+    """kind -> [zeros, numel] over every weight matrix of one decoder block (see ``weight_accounting``)."""
     acc = {k: [0, 0] for k in KINDS}
     with torch.no_grad():
-        for blk in blocks:
-            mats, _ = weight_inventory(blk, fused_param_names(blk))
-            for kind, p in mats.values():
-                acc[kind][0] += int((p == 0).sum())
-                acc[kind][1] += p.numel()
+        mats, _ = weight_inventory(block, fused_param_names(block))
+        for kind, p in mats.values():
+            acc[kind][0] += int((p == 0).sum())
+            acc[kind][1] += p.numel()
+    return acc
+
+
+def weight_accounting(blocks=None, counts=None) -> tuple[float, dict]:
+    """(sparsity, by kind) measured on the model: zeros over every weight matrix of the decoder blocks (every
+    parameter with 2 or more dimensions: linears, fused experts, routers; norms and biases excluded), and the same
+    per kind (attention / mlp / experts / router / other: {"zeros", "numel", "sparsity"}). ``counts``: the blocks'
+    ``block_weight_counts`` taken already (an offloaded block is counted while it is onloaded)."""
+    counts = counts if counts is not None else [block_weight_counts(blk) for blk in blocks]
+    acc = {k: [sum(c[k][0] for c in counts), sum(c[k][1] for c in counts)] for k in KINDS}
     by_kind = {k: {"zeros": z, "numel": n, "sparsity": z / n} for k, (z, n) in acc.items() if n}
     zeros, total = sum(v[0] for v in acc.values()), sum(v[1] for v in acc.values())
     return (zeros / total if total else 0.0), by_kind
@@ -799,6 +806,7 @@ def prune_model(
     for msg in dense_warnings(blocks):
         warn(msg)
     onload = store.onload if store is not None else _resident
+    counts: list[dict] = []  # block_weight_counts of each pruned block, for the report's sparsity
     was_training = model.training
     model.eval()
     try:
@@ -828,6 +836,7 @@ def prune_model(
                 else:  # one dense statistics pass for the linears and the experts
                     _solve_group(run, b, block, inputs, linears, list(linears), experts, ("gate_up", "down"))
                 inputs = _propagate(run, b, block, inputs)
+                counts.append(block_weight_counts(block))
             emit(BlockDone(block=b, n_blocks=n_blocks, seconds=time.perf_counter() - tb))
     except BaseException:
         if store is not None:
@@ -842,7 +851,7 @@ def prune_model(
     zeros = sum(l["zeros"] for l in result.layers)
     total = sum(l["numel"] for l in result.layers)
     result.sparsity_pruned_layers = zeros / total if total else 0.0
-    result.sparsity, result.sparsity_by_kind = weight_accounting(blocks)
+    result.sparsity, result.sparsity_by_kind = weight_accounting(counts=counts)
     return result.to_dict()
 
 
