@@ -52,9 +52,14 @@ def test_eight_concurrent_clients(tmp_path):
     errors: list[str] = []
     positions: list[str] = []
     page_times: list[float] = []
+    cancel_retries: list[str] = []
     t_end = time.monotonic() + DEADLINE_S
 
     def config(i: int, j: int) -> dict:
+        if i % 4 == 3 and j == 0:  # a job long enough to be cancelled while it runs or waits
+            return {"model": str(model), "solver": "admm", "options": {"iters": 400}, "sparsity": round(0.5 + 0.01 * i, 2),
+                    "device": "cpu", "dtype": "float32", "calib": {"source": "pydoc", "nsamples": 2, "seqlen": 32},
+                    "eval": {"source": "pydoc", "windows": 2, "seqlen": 32}, "max_new_tokens": 2}
         return {"model": str(model), "solver": ["magnitude", "wanda", "sparsegpt", "ria"][(i + j) % 4],
                 "sparsity": round(0.2 + 0.05 * i + 0.01 * j, 2), "device": "cpu", "dtype": "float32",
                 "calib": {"source": "pydoc", "nsamples": 2, "seqlen": 32},
@@ -75,7 +80,14 @@ def test_eight_concurrent_clients(tmp_path):
                         if isinstance(o[0], str) and "in the queue" in o[0]:
                             positions.append(re.sub(r"<[^>]+>", " ", o[0])[:200])
                     if cancel and not sent_cancel and outs and outs[-1][7]:
-                        client.predict(outs[-1][7], api_name="/cancel")
+                        for attempt in range(3):  # a loaded 2-core machine may answer slowly: retry, bounded
+                            try:
+                                client.predict(outs[-1][7], api_name="/cancel")
+                                break
+                            except Exception as e:  # noqa: BLE001
+                                if attempt == 2:
+                                    raise
+                                cancel_retries.append(f"client {i}: {type(e).__name__}")
                         sent_cancel = True
                     time.sleep(0.1)
                 final = job.outputs()[-1]
@@ -115,7 +127,7 @@ def test_eight_concurrent_clients(tmp_path):
             n_done += 1
             assert report["key"] == PruneConfig.from_dict(cfg).key()
             assert report["config"]["solver"] == cfg["solver"] and report["config"]["sparsity"] == cfg["sparsity"]
-    assert n_done >= N_CLIENTS * JOBS_EACH - 2
+    assert n_done == N_CLIENTS * JOBS_EACH - n_cancelled and n_cancelled >= 1, (n_done, n_cancelled)
     # one job per device at a time: the runs' [started, finished] intervals never overlap
     ran = sorted((j.started, j.finished) for j in jobs if j is not None and not j.cached and j.started and j.finished)
     for (s1, f1), (s2, f2) in zip(ran, ran[1:]):
@@ -125,4 +137,4 @@ def test_eight_concurrent_clients(tmp_path):
     assert min(page_times) < PAGE_LIMIT_S, f"GET / took {min(page_times):.2f} s at best while a job ran"
     print(f"\n8 clients: {n_done} done, {n_cancelled} cancelled, {len(ran)} jobs ran one at a time; "
           f"GET / while running: median {sorted(page_times)[len(page_times) // 2]:.3f} s, max {max(page_times):.3f} s "
-          f"over {len(page_times)} loads; {len(positions)} queue-position updates")
+          f"over {len(page_times)} loads; {len(positions)} queue-position updates; cancel retries: {cancel_retries}")
