@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .allocation import ALLOCATIONS
 from . import events as ev
-from .config import (CALIB_SOURCES, CPU_SIZES, DEVICES, DTYPES, GPU_SIZES, CalibConfig, EvalConfig, PruneConfig,
+from .config import (CALIB_SAMPLINGS, CALIB_SOURCES, CPU_SIZES, DEVICES, DTYPES, GPU_SIZES, CalibConfig, EvalConfig, PruneConfig,
                      method_label, sweep_configs)
 from .errors import InputError, PruningError
 from .patterns import PATTERNS
@@ -91,6 +91,9 @@ def _common(p: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--nsamples", type=int, default=None, help=_sizes_help(0, "calibration windows"))
     p.add_argument("--seqlen", type=int, default=None, help=_sizes_help(1, "tokens per calibration window"))
     p.add_argument("--seed", type=int, default=d.calib.seed, help="seed of the calibration window draw")
+    p.add_argument("--sampling", default=d.calib.sampling, choices=list(CALIB_SAMPLINGS),
+                   help="calibration windows: document (each inside one drawn document) or stream (anywhere in "
+                        "the calibration text tokenised as one string)")
     p.add_argument("--eval", dest="eval_source", default=None, help="evaluation text (default: the --calib source)")
     p.add_argument("--eval-windows", type=int, default=None, help=_sizes_help(2, "evaluation windows, 0 = all"))
     p.add_argument("--eval-seqlen", type=int, default=None, help="evaluation window length (default: = --seqlen)")
@@ -125,7 +128,8 @@ def _options(a, opt_names: list[str]) -> dict:
 
 def _config(a, options: dict, **fields) -> PruneConfig:
     """The config of the flags: device-dependent sizes (``for_device``) where a size flag is not given."""
-    calib = CalibConfig.for_device(a.device, source=a.calib, nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed)
+    calib = CalibConfig.for_device(a.device, source=a.calib, nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed,
+                                    sampling=a.sampling)
     evalc = EvalConfig.for_device(a.device, source=a.eval_source or a.calib, windows=a.eval_windows,
                                   seqlen=a.eval_seqlen if a.eval_seqlen is not None else calib.seqlen,
                                   zeroshot=tuple(_items(a.zeroshot)), zeroshot_limit=a.zeroshot_limit, kl=a.eval_kl)

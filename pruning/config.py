@@ -25,6 +25,7 @@ DEFAULT_PROMPTS = ("The capital of France is", "Once upon a time, there was a li
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CALIB_SOURCES = ("wiki-sample", "pydoc", "wikitext2", "c4")  # named text sources (also: a file path, text:...)
+CALIB_SAMPLINGS = ("document", "stream")  # = pruning.data.SAMPLINGS (kept torch-free here)
 # run sizes: (calibration windows, tokens per window, evaluation windows with 0 = all)
 CPU_SIZES = (16, 512, 16)  # small enough for a laptop CPU (SmolLM2: about a minute per run)
 GPU_SIZES = (128, 2048, 0)  # the papers' setting
@@ -61,6 +62,7 @@ class CalibConfig:
     nsamples: int = CPU_SIZES[0]
     seqlen: int = CPU_SIZES[1]
     seed: int = 0
+    sampling: str = "document"  # 'document' (a window inside one drawn document) or 'stream' (anywhere in the split)
 
     @classmethod
     def for_device(cls, device="auto", **changes) -> "CalibConfig":
@@ -75,6 +77,8 @@ class CalibConfig:
         object.__setattr__(self, "seed", _check_int("seed", self.seed, 0))
         if not str(self.source).strip():
             raise ConfigError(f"calib: empty source; allowed: {', '.join(CALIB_SOURCES)}, or a text file path")
+        if self.sampling not in CALIB_SAMPLINGS:
+            raise ConfigError(f"sampling: {self.sampling!r} is not a window sampling; allowed: {', '.join(CALIB_SAMPLINGS)}")
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,8 @@ class PruneConfig:
         """Stable hash of the canonical JSON of everything that changes the result (+ schema version)."""
         d = self.to_dict()
         d["eval"] = self.eval.key_dict()
+        if self.calib.sampling == "document":  # configs written before the option existed keep their keys
+            d["calib"].pop("sampling")
         if self.allocation == "uniform":  # configs written before allocations existed keep their keys
             for name in ("allocation", "owl_m", "owl_lambda"):
                 d.pop(name)
