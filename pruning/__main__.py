@@ -234,7 +234,29 @@ def _write_json(path: str, obj) -> None:
     Path(path).write_text(json.dumps(obj, indent=2))
 
 
-def cmd_run(a, opt_names) -> int:
+def _given(argv: list[str], flag: str) -> bool:
+    """Was ``flag`` written on the command line (as ``--flag V`` or ``--flag=V``)?"""
+    return any(t == flag or t.startswith(flag + "=") for t in argv)
+
+
+def _apply_preset(a, argv: list[str]) -> None:
+    """``--preset``: fill solver / update / allocation from the preset where the flag was not given explicitly."""
+    from .presets import best_preset, preset_fields
+
+    fields = preset_fields(a.preset, a.pattern, a.sparsity)
+    for name, value in fields.items():
+        if not _given(argv, "--" + name):
+            setattr(a, name, value)
+    b = best_preset(a.pattern, a.sparsity)
+    where = f"{b['measured_at'][0]} {b['measured_at'][1]:.0%}" if ":" not in b["measured_at"][0] else b["measured_at"][0]
+    print(f"preset {a.preset}: {method_label(fields['solver'], fields['update'])}, allocation {fields['allocation']} "
+          f"(perplexity {b['perplexity']} measured at {where}; {b['source']}); running "
+          f"{method_label(a.solver, a.update)}, allocation {a.allocation}", file=sys.stderr)
+
+
+def cmd_run(a, opt_names, argv: list[str] | None = None) -> int:
+    if a.preset:
+        _apply_preset(a, sys.argv[1:] if argv is None else argv)
     cfg = _config(a, _options(a, opt_names), solver=a.solver, sparsity=a.sparsity, pattern=a.pattern, update=a.update)
     report = _run_one(cfg, a, keep_model=bool(a.save))
     model, tok = report.pop("_model", None), report.pop("_tokenizer", None)
@@ -380,6 +402,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
         q.add_argument("--pattern", default=d.pattern,
                        help=f"{', '.join(PATTERNS[:2])}, or N:M such as 2:4, 4:8 (N pruned of each M)")
         q.add_argument("--update", default=d.update, help=f"weight update after a mask solver: {', '.join(UPDATES.names())}")
+        q.add_argument("--preset", default=None, choices=["best"],
+                       help="best: solver, update and allocation of the lowest perplexity measured on SmolLM2 for this "
+                            "pattern and sparsity (README, 'Best preset'); --solver/--update/--allocation given "
+                            "explicitly win")
         q.add_argument("--json", default=None, help="write the full report here")
         q.add_argument("--save", default=None,
                        help="save the pruned model, its tokenizer and a model card to this directory (atomic)")
@@ -423,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "bench-sparse":
             return cmd_bench_sparse(a)
         if a.cmd == "run":
-            return cmd_run(a, opt_names)
+            return cmd_run(a, opt_names, argv)
         return cmd_sweep(a, opt_names)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -136,3 +136,18 @@ def test_alps_beside_admm_grad_with_its_trace():
     assert res["alps"]["available"] is False and "not available" in res["alps"]["reason"]
     assert "not available" in plots.alps_figure(res).layout.annotations[0].text
     assert lab_summary(res)["alps"] == {"available": False, "reason": res["alps"]["reason"]}
+
+
+def test_shipped_lab_asset_has_alps_beside_admm_grad():
+    """The precomputed layer carries ALPS's run (trace with ρ and support changes) and its figure draws from it."""
+    from ui import lab_tab, plots
+    from ui.lab_view import lab_summary, load_asset
+
+    view = load_asset(lab_tab.ASSET_DIR)
+    alps, grad = view["alps"], view["iterative"]["ADMM-Grad (gradual mask)"]
+    assert alps["available"] and 0 < alps["rel_error"] < view["greedy"]["sparsegpt"]["rel_error"]
+    assert alps["rel_error"] <= grad["rel_error"] * 1.05  # at most ADMM-Grad's error on this layer (within 5 %)
+    admm = [r for r in alps["trace"] if r["phase"] == "admm"]
+    assert len({r["rho"] for r in admm}) > 1 and sum(r["mask_changed"] for r in admm) > 0
+    assert lab_summary(view)["alps"]["admm_iterations"] == len(admm)
+    assert len(plots.alps_figure(view).data) >= 5
