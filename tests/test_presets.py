@@ -68,3 +68,11 @@ def test_cli_preset_best_fills_only_what_was_not_given(flags, want, monkeypatch,
     assert (c.solver, c.update, c.allocation, c.sparsity) == want
     err = capsys.readouterr().err
     assert ("preset best: admm, allocation uniform" in err) == ("--preset" in flags)
+
+
+def test_app_best_button_fills_solver_update_allocation():
+    from ui.prune import PruneTab
+
+    assert PruneTab.best("2:4", 0.5) == ("admm", "none", "uniform")
+    assert PruneTab.best("unstructured", 0.7) == tuple(preset_fields("best", "unstructured", 0.7).values())
+    assert PruneTab.best("unstructured", None) == tuple(preset_fields("best", "unstructured", 0.5).values())
