@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .allocation import ALLOCATIONS
 from . import events as ev
-from .config import (CALIB_SOURCES, CPU_SIZES, DEVICES, DTYPES, GPU_SIZES, CalibConfig, EvalConfig, PruneConfig,
+from .config import (CALIB_SAMPLINGS, CALIB_SOURCES, CPU_SIZES, DEVICES, DTYPES, GPU_SIZES, CalibConfig, EvalConfig, PruneConfig,
                      method_label, sweep_configs)
 from .errors import InputError, PruningError
 from .executors import EXECUTORS
@@ -97,6 +97,9 @@ def _common(p: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--nsamples", type=int, default=None, help=_sizes_help(0, "calibration windows"))
     p.add_argument("--seqlen", type=int, default=None, help=_sizes_help(1, "tokens per calibration window"))
     p.add_argument("--seed", type=int, default=d.calib.seed, help="seed of the calibration window draw")
+    p.add_argument("--sampling", default=d.calib.sampling, choices=list(CALIB_SAMPLINGS),
+                   help="calibration windows: document (each inside one drawn document) or stream (anywhere in "
+                        "the calibration text tokenised as one string)")
     p.add_argument("--eval", dest="eval_source", default=None, help="evaluation text (default: the --calib source)")
     p.add_argument("--eval-windows", type=int, default=None, help=_sizes_help(2, "evaluation windows, 0 = all"))
     p.add_argument("--eval-seqlen", type=int, default=None, help="evaluation window length (default: = --seqlen)")
@@ -136,7 +139,8 @@ def _options(a, opt_names: list[str]) -> dict:
 
 def _config(a, options: dict, **fields) -> PruneConfig:
     """The config of the flags: device-dependent sizes (``for_device``) where a size flag is not given."""
-    calib = CalibConfig.for_device(a.device, source=a.calib, nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed)
+    calib = CalibConfig.for_device(a.device, source=a.calib, nsamples=a.nsamples, seqlen=a.seqlen, seed=a.seed,
+                                    sampling=a.sampling)
     evalc = EvalConfig.for_device(a.device, source=a.eval_source or a.calib, windows=a.eval_windows,
                                   seqlen=a.eval_seqlen if a.eval_seqlen is not None else calib.seqlen,
                                   zeroshot=tuple(_items(a.zeroshot)), zeroshot_limit=a.zeroshot_limit, kl=a.eval_kl)
@@ -250,7 +254,29 @@ def _write_json(path: str, obj) -> None:
     Path(path).write_text(json.dumps(obj, indent=2))
 
 
-def cmd_run(a, opt_names) -> int:
+def _given(argv: list[str], flag: str) -> bool:
+    """Was ``flag`` written on the command line (as ``--flag V`` or ``--flag=V``)?"""
+    return any(t == flag or t.startswith(flag + "=") for t in argv)
+
+
+def _apply_preset(a, argv: list[str]) -> None:
+    """``--preset``: fill solver / update / allocation from the preset where the flag was not given explicitly."""
+    from .presets import best_preset, preset_fields
+
+    fields = preset_fields(a.preset, a.pattern, a.sparsity)
+    for name, value in fields.items():
+        if not _given(argv, "--" + name):
+            setattr(a, name, value)
+    b = best_preset(a.pattern, a.sparsity)
+    where = f"{b['measured_at'][0]} {b['measured_at'][1]:.0%}" if ":" not in b["measured_at"][0] else b["measured_at"][0]
+    print(f"preset {a.preset}: {method_label(fields['solver'], fields['update'])}, allocation {fields['allocation']} "
+          f"(perplexity {b['perplexity']} measured at {where}; {b['source']}); running "
+          f"{method_label(a.solver, a.update)}, allocation {a.allocation}", file=sys.stderr)
+
+
+def cmd_run(a, opt_names, argv: list[str] | None = None) -> int:
+    if a.preset:
+        _apply_preset(a, sys.argv[1:] if argv is None else argv)
     cfg = _config(a, _options(a, opt_names), solver=a.solver, sparsity=a.sparsity, pattern=a.pattern, update=a.update)
     report = _run_one(cfg, a, keep_model=bool(a.save))
     model, tok = report.pop("_model", None), report.pop("_tokenizer", None)
@@ -463,6 +489,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
         q.add_argument("--pattern", default=d.pattern,
                        help=f"{', '.join(PATTERNS[:2])}, or N:M such as 2:4, 4:8 (N pruned of each M)")
         q.add_argument("--update", default=d.update, help=f"weight update after a mask solver: {', '.join(UPDATES.names())}")
+        q.add_argument("--preset", default=None, choices=["best"],
+                       help="best: solver, update and allocation of the lowest perplexity measured on SmolLM2 for this "
+                            "pattern and sparsity (README, 'Best preset'); --solver/--update/--allocation given "
+                            "explicitly win")
         q.add_argument("--json", default=None, help="write the full report here")
         q.add_argument("--save", default=None,
                        help="save the pruned model, its tokenizer and a model card to this directory (atomic)")
@@ -521,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "bench-sparse":
             return cmd_bench_sparse(a)
         if a.cmd == "run":
-            return cmd_run(a, opt_names)
+            return cmd_run(a, opt_names, argv)
         return cmd_sweep(a, opt_names)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -70,7 +70,7 @@ def calibration_windows_for(tokenizer, calib: CalibConfig) -> torch.Tensor:
     from .data import calibration_windows
 
     return calibration_windows(tokenizer, source=calib.source, nsamples=calib.nsamples, seqlen=calib.seqlen,
-                               seed=calib.seed)
+                               seed=calib.seed, sampling=calib.sampling)
 
 
 def prepare_windows(config: PruneConfig) -> None:

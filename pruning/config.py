@@ -27,6 +27,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 OFFLOAD_MODES = ("none", "cpu", "disk")  # where the decoder blocks live while pruning (pruning.offload)
 RUN_ONLY_FIELDS = ("offload", "offload_folder")  # how a run is executed; never part of key(): results are identical
 CALIB_SOURCES = ("wiki-sample", "pydoc", "wikitext2", "c4")  # named text sources (also: a file path, text:...)
+CALIB_SAMPLINGS = ("document", "stream")  # = pruning.data.SAMPLINGS (kept torch-free here)
 # run sizes: (calibration windows, tokens per window, evaluation windows with 0 = all)
 CPU_SIZES = (16, 512, 16)  # small enough for a laptop CPU (SmolLM2: about a minute per run)
 GPU_SIZES = (128, 2048, 0)  # the papers' setting
@@ -75,6 +76,7 @@ class CalibConfig:
     nsamples: int = CPU_SIZES[0]
     seqlen: int = CPU_SIZES[1]
     seed: int = 0
+    sampling: str = "document"  # 'document' (a window inside one drawn document) or 'stream' (anywhere in the split)
 
     @classmethod
     def for_device(cls, device="auto", **changes) -> "CalibConfig":
@@ -90,6 +92,8 @@ class CalibConfig:
         if not str(self.source).strip():
             raise ConfigError(f"calib: empty source; allowed: {', '.join(CALIB_SOURCES)}, or a text file path")
         _check_source("calib.source", self.source)
+        if self.sampling not in CALIB_SAMPLINGS:
+            raise ConfigError(f"sampling: {self.sampling!r} is not a window sampling; allowed: {', '.join(CALIB_SAMPLINGS)}")
 
 
 @dataclass(frozen=True)
@@ -288,6 +292,8 @@ class PruneConfig:
         d["eval"] = self.eval.key_dict()
         for name in RUN_ONLY_FIELDS:  # where the weights live does not change the result
             d.pop(name)
+        if self.calib.sampling == "document":  # configs written before the option existed keep their keys
+            d["calib"].pop("sampling")
         if self.allocation == "uniform":  # configs written before allocations existed keep their keys
             for name in ("allocation", "owl_m", "owl_lambda"):
                 d.pop(name)

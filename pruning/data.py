@@ -537,11 +537,18 @@ def _doc_ids_memo(tokenizer, source: str, split: str) -> dict:
     return _cached_ids(tokenizer, source, split, "docs", dict)
 
 
+SAMPLINGS = ("document", "stream")  # how calibration windows are drawn (see calibration_windows)
+
+
 def calibration_windows(tokenizer, source: str = "wiki-sample", nsamples: int = 16, seqlen: int = 512,
-                        seed: int = 0) -> torch.Tensor:
+                        seed: int = 0, sampling: str = "document") -> torch.Tensor:
     """(nsamples, seqlen) int64 calibration windows, deterministic for ``seed``.
 
-    As the reference ``get_c4``: with ``rng = random.Random(seed)``, repeat ``nsamples`` times: draw documents
+    ``sampling='stream'``, as the reference ``get_wikitext2``: with ``rng = random.Random(seed)``, each window
+    starts at ``rng.randint(0, n_tokens - seqlen - 1)`` of the whole calibration split tokenised as one string
+    (a window may span two documents).
+
+    ``sampling='document'`` (the default), as the reference ``get_c4``: with ``rng = random.Random(seed)``, repeat ``nsamples`` times: draw documents
     ``rng.randint(0, n_docs - 1)`` until one has more than ``seqlen`` tokens, then take the window starting at
     ``rng.randint(0, n_tokens - seqlen - 1)``. Documents are tokenised lazily (only those drawn). If no document
     is long enough (found once every document was seen, or after 10 000 + 100·nsamples draws without a hit),
@@ -551,9 +558,13 @@ def calibration_windows(tokenizer, source: str = "wiki-sample", nsamples: int = 
         raise DataError(f"nsamples: {nsamples!r} must be >= 1")
     if seqlen < 1:
         raise DataError(f"seqlen: {seqlen!r} must be >= 1")
-    docs = load_documents(source, "calib")
+    if sampling not in SAMPLINGS:
+        raise DataError(f"sampling: {sampling!r} is not a window sampling; allowed: {', '.join(SAMPLINGS)}")
     rng = random.Random(seed)
     windows = torch.empty(nsamples, seqlen, dtype=torch.long)  # (nsamples, seqlen)
+    if sampling == "stream":
+        return _stream_windows(tokenizer, source, nsamples, seqlen, rng, windows)
+    docs = load_documents(source, "calib")
     memo = _doc_ids_memo(tokenizer, source, "calib")
     seen, hit, draws, budget = set(), False, 0, 10_000 + 100 * nsamples
     row = 0
@@ -573,6 +584,12 @@ def calibration_windows(tokenizer, source: str = "wiki-sample", nsamples: int = 
             break  # no document is long enough: fall back to the concatenated stream
     if row == nsamples:
         return windows
+    return _stream_windows(tokenizer, source, nsamples, seqlen, rng, windows)
+
+
+def _stream_windows(tokenizer, source: str, nsamples: int, seqlen: int, rng: random.Random,
+                    windows: torch.Tensor) -> torch.Tensor:
+    """Fill ``windows`` (nsamples, seqlen) with uniform windows of the calibration split's token stream."""
     stream = split_ids(tokenizer, source, "calib")  # (n_tokens,)
     if stream.numel() < seqlen + 1:
         raise DataError(

@@ -290,7 +290,7 @@ def rebuild_pruned(report: dict, on_event: Callable | None = None, cancel: threa
         raise ReproductionError(f"run id: the stored run was made with model fingerprint {want_fp}, the model "
                                 f"{cfg.model!r} loaded now has {fp}: its weights cannot be rebuilt")
     c = cfg.calib
-    windows = calibration_windows(tok, source=c.source, nsamples=c.nsamples, seqlen=c.seqlen, seed=c.seed)
+    windows = calibration_windows(tok, source=c.source, nsamples=c.nsamples, seqlen=c.seqlen, seed=c.seed, sampling=c.sampling)
     pruned = copy.deepcopy(model)
     rep = prune_model(pruned, tok, cfg, on_event=on_event, cancel=cancel, windows=windows)
     check_reproduced(report.get("layers") or [], rep["layers"])

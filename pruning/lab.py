@@ -7,6 +7,9 @@ small in-process LRU, so switching projection or sparsity is instant), then ``pr
 * greedy: magnitude, Wanda, SparseGPT (each one error, no iterations);
 * ADMM with a fixed mask (the Wanda mask, ``gradual_iters=0``: the paper's "Wanda + ADMM update") and
   ADMM-Grad (gradual mask, the default) -- Boža 2024, arXiv 2401.02938; per-iteration traces;
+* ALPS (Meng et al. 2024, arXiv 2406.07831), beside ADMM-Grad, when it is registered: at its defaults (its ADMM
+  stops by itself once the support settles, so the lab's ADMM iteration count does not apply), error, penalty ρ
+  and support changes per iteration, then its conjugate-gradient steps on the final support;
 * SparseFW (Frank-Wolfe mask, arXiv 2510.13713) when it is registered -- objective and FW gap per iteration.
 
 Statistics are captured on a private copy of the model (hooks on the shared one would also see the forwards of
@@ -113,7 +116,7 @@ def run_lab(model_id: str, block: int, name: str, sparsity: float = 0.5, pattern
     """All lab solvers on one layer. Raises ValueError (SolverError/PatternError) for a bad input; setting ``cancel``
     stops it before the next solver (or the next iteration of an iterative one) with ``events.Cancelled``.
 
-    Returns {"layer": {...}, "greedy": {solver: rec}, "iterative": {label: rec}, "sparsefw": rec,
+    Returns {"layer": {...}, "greedy": {solver: rec}, "iterative": {label: rec}, "alps": rec, "sparsefw": rec,
     "dense_weight": float32 (d_out, d_in)} where rec = {"available", "rel_error", "seconds", "sparsity", "trace",
     "mask": bool (d_out, d_in), "weight": float32 (d_out, d_in), ...} or {"available": False, "reason"}.
     """
@@ -157,6 +160,11 @@ def solve_layer(p, sparsity: float = 0.5, pattern: str = "unstructured", admm_it
             if o.get("gradual_iters", 1) != 0:  # the gradual entry: at most admm_iters selections
                 o["gradual_iters"] = min(int(admm_iters), SOLVERS.get(solver).defaults().get("gradual_iters", 15))
         out["iterative"][label] = _run(p, solver, sparsity, pattern, _declared(solver, o), cancel)
+    if "alps" in SOLVERS:
+        say("ALPS…")
+        out["alps"] = _run(p, "alps", sparsity, pattern, {}, cancel)
+    else:
+        out["alps"] = {"available": False, "reason": "ALPS is not available in this build"}
     if "sparsefw" in SOLVERS:
         say("SparseFW…")
         o = {"iters": int(sparsefw_iters)} if sparsefw_iters is not None else {}
@@ -165,7 +173,7 @@ def solve_layer(p, sparsity: float = 0.5, pattern: str = "unstructured", admm_it
         out["sparsefw"] = {"available": False, "reason": "SparseFW is not available in this build"}
 
     # every available solution keeps its mask and weights (numpy) for the UI's heat-map and histograms
-    for group in (out["greedy"], out["iterative"], {"sparsefw": out["sparsefw"]}):
+    for group in (out["greedy"], out["iterative"], {"alps": out["alps"], "sparsefw": out["sparsefw"]}):
         for rec in group.values():
             sol = rec.pop("_sol", None)
             if sol is not None:

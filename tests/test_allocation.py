@@ -2,6 +2,7 @@
 import itertools
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -179,3 +180,30 @@ def test_uniform_allocation_is_todays_behaviour(tiny_and_windows):
     assert "target" not in a["layers"][0] and "allocation" not in a["timings"]
     assert PruneConfig(allocation="uniform").key() == PruneConfig().key()
     assert PruneConfig(allocation="owl").key() != PruneConfig().key()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--allocation", "owl", "--owl-lambda", "-0.01"], r"owl_lambda: -0.01 is outside the allowed range"),
+    (["--allocation", "owl", "--sparsity", "0.3", "--owl-lambda", "0.3"], r"owl_lambda: 0.3 is outside"),  # not < s
+    (["--allocation", "owl", "--sparsity", "0.8", "--owl-lambda", "0.25"], r"owl_lambda: 0.25 is outside"),  # > 1 − s
+    (["--allocation", "owl", "--owl-m", "0"], r"owl_m: 0.0 is not allowed; allowed: a number > 0"),
+    (["--allocation", "owl", "--owl-m", "-2"], r"owl_m: -2.0 is not allowed"),
+    (["--allocation", "owl", "--pattern", "2:4"], r"allocation: 'owl' varies the sparsity per layer, but the pattern 2:4 fixes it"),
+    (["--allocation", "curve", "--pattern", "4:8"], r"allocation: 'curve' varies .* use allocation 'uniform' with N:M"),
+    (["--solver", "alps", "--max-iter", "-1"], r"max_iter"),
+    (["--solver", "alps", "--rho", "0"], r"rho"),
+    (["--solver", "alps", "--cg-rtol", "2"], r"cg_rtol"),
+])
+def test_cli_refuses_bad_allocation_and_alps_input_before_loading_anything(flags, message, capsys, monkeypatch):
+    """The issue's bad input, as a user gives it: exit 2 with a message naming the field, before any model load."""
+    import pruning.api as api
+    from pruning import __main__ as cli_main
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded for a bad input")
+
+    monkeypatch.setattr(api, "get_model", no_load)
+    monkeypatch.setattr(api, "run_job", no_load)
+    assert cli_main.main(["run", "--device", "cpu", *flags]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err

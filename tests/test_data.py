@@ -489,3 +489,31 @@ def test_local_rows_column_folder_and_errors(tmp_path, tok):
         load_documents(str(bad), "calib")
     w = calibration_windows(tok, str(_write_rows(tmp_path / "c.jsonl", ROWS)), nsamples=2, seqlen=16, seed=0)
     assert w.shape == (2, 16) and any(_is_slice(w[0], _ids(tok, r)) for r in ROWS)
+def test_stream_sampling_follows_reference_wikitext2_draws(tok, text_file):
+    """sampling='stream', as the reference get_wikitext2: each window starts at randint(0, n - seqlen - 1) of the
+    whole calibration split tokenised as one string; the config carries it and keeps old keys stable."""
+    import random
+
+    from pruning.config import CalibConfig, ConfigError, PruneConfig
+
+    stream = split_ids(tok, str(text_file), "calib")
+    rng, seqlen = random.Random(3), 40
+    starts = [rng.randint(0, stream.numel() - seqlen - 1) for _ in range(5)]
+    got = calibration_windows(tok, str(text_file), nsamples=5, seqlen=seqlen, seed=3, sampling="stream")
+    assert torch.equal(got, torch.stack([stream[s:s + seqlen] for s in starts]))
+    doc = calibration_windows(tok, str(text_file), nsamples=5, seqlen=seqlen, seed=3)
+    assert torch.equal(doc, calibration_windows(tok, str(text_file), nsamples=5, seqlen=seqlen, seed=3, sampling="document"))
+    assert not torch.equal(doc, got)
+    with pytest.raises(DataError, match=r"sampling: 'docs' is not a window sampling; allowed: document, stream"):
+        calibration_windows(tok, str(text_file), nsamples=2, seqlen=seqlen, sampling="docs")
+    with pytest.raises(ConfigError, match=r"sampling: 'random' is not a window sampling; allowed: document, stream"):
+        CalibConfig(sampling="random")
+    base = PruneConfig()
+    assert base.calib.sampling == "document"
+    from pathlib import Path
+
+    shipped = json.loads((Path(__file__).resolve().parent.parent / "assets/precomputed/smollm2-135m.json").read_text())
+    old = [r for r in shipped["runs"] if "sampling" not in r["config"]["calib"]]
+    assert old and all(PruneConfig.from_dict(r["config"]).key() == r["key"] for r in old)  # keys written before it
+    stream_cfg = PruneConfig(calib=CalibConfig(sampling="stream"))
+    assert stream_cfg.key() != base.key() and PruneConfig.from_dict(stream_cfg.to_dict()).calib.sampling == "stream"

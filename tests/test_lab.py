@@ -100,3 +100,54 @@ def test_shipped_lab_asset_is_a_real_smollm2_layer():
     assert len(figs) == 6 and all(f.data for f in figs)  # six figures with data, none an empty placeholder
     g = view["greedy"]
     assert g["sparsegpt"]["rel_error"] < g["wanda"]["rel_error"] < g["magnitude"]["rel_error"]
+
+
+def test_alps_beside_admm_grad_with_its_trace():
+    """ALPS runs on the lab's layer at its own defaults (the ADMM iteration count does not cap it); its trace gives
+    error, ρ and support changes per ADMM iteration, then the CG steps; the summary, the figure and the explanation
+    show it, and without ALPS registered the lab says so instead of failing."""
+    from ui import plots
+    from ui.lab_view import explanation_md, lab_summary, present
+
+    res = solve_layer(_problem(), 0.5, "unstructured", admm_iters=3, sparsefw_iters=3)
+    rec = res["alps"]
+    assert rec["available"] and rec["solver"] == "alps" and rec["options"] == {}
+    assert int((~rec["mask"]).sum()) == 24 * 32 // 2  # exact count
+    phases = [r["phase"] for r in rec["trace"]]
+    n_admm = phases.count("admm")
+    assert n_admm > 3 and phases == ["admm"] * n_admm + ["cg"] * (len(phases) - n_admm)  # not capped at admm_iters
+    assert all(r["rho"] > 0 for r in rec["trace"][:n_admm]) and any(r["mask_changed"] > 0 for r in rec["trace"])
+    assert rec["trace"][-1]["objective"] == pytest.approx(rec["rel_error"], rel=1e-4, abs=1e-9)
+    view = present(res)
+    s = lab_summary(view)["alps"]
+    assert s["admm_iterations"] == n_admm and s["cg_steps"] == len(phases) - n_admm and s["rho_final"] > 0
+    assert set(lab_summary(view)["iterative"]) == {"ADMM (fixed Wanda mask)", "ADMM-Grad (gradual mask)"}
+    fig = plots.alps_figure(view)
+    by_name = {t.name.split(":")[0]: t for t in fig.data}
+    assert {"support changes", "ALPS error (ADMM)", "ρ (right)", "ADMM-Grad", "SparseGPT"} <= set(by_name)
+    assert by_name["ρ (right)"].yaxis == "y2" and list(by_name["ρ (right)"].y) == [r["rho"] for r in rec["trace"][:n_admm]]
+    assert "**ALPS** reaches" in explanation_md(view) and "ADMM-Grad's error" in explanation_md(view)
+
+    removed = SOLVERS._specs.pop("alps")
+    try:
+        res = present(solve_layer(_problem(), 0.5, "unstructured", admm_iters=3, sparsefw_iters=3))
+    finally:
+        SOLVERS._specs["alps"] = removed
+    assert res["alps"]["available"] is False and "not available" in res["alps"]["reason"]
+    assert "not available" in plots.alps_figure(res).layout.annotations[0].text
+    assert lab_summary(res)["alps"] == {"available": False, "reason": res["alps"]["reason"]}
+
+
+def test_shipped_lab_asset_has_alps_beside_admm_grad():
+    """The precomputed layer carries ALPS's run (trace with ρ and support changes) and its figure draws from it."""
+    from ui import lab_tab, plots
+    from ui.lab_view import lab_summary, load_asset
+
+    view = load_asset(lab_tab.ASSET_DIR)
+    alps, grad = view["alps"], view["iterative"]["ADMM-Grad (gradual mask)"]
+    assert alps["available"] and 0 < alps["rel_error"] < view["greedy"]["sparsegpt"]["rel_error"]
+    assert alps["rel_error"] <= grad["rel_error"] * 1.05  # at most ADMM-Grad's error on this layer (within 5 %)
+    admm = [r for r in alps["trace"] if r["phase"] == "admm"]
+    assert len({r["rho"] for r in admm}) > 1 and sum(r["mask_changed"] for r in admm) > 0
+    assert lab_summary(view)["alps"]["admm_iterations"] == len(admm)
+    assert len(plots.alps_figure(view).data) >= 5

@@ -5,7 +5,7 @@ figure shows at once; Run computes any other layer.
 
 API:
   /lab(model, block, projection, sparsity, pattern, nsamples, seqlen, admm_iters, fw_iters)
-       streams (status, 6 figures, explanation, summary dict)
+       streams (status, 6 figures, explanation, summary dict, ALPS figure)
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ class LabTab(Tab):
         linears = st.get("linears") or {}
         projection = st.get("projection", "self_attn.q_proj")
         gr.Markdown("One real layer, every solver, in seconds: the greedy solvers (magnitude, Wanda, SparseGPT) against ADMM with "
-                    "a fixed mask and with a gradual mask" + (" and SparseFW" if fw else "") + ".", elem_classes="pl-muted")
+                    "a fixed mask and with a gradual mask" + (", ALPS" if "alps" in SOLVERS else "") + (" and SparseFW" if fw else "") + ".", elem_classes="pl-muted")
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=300):
                 self.model = gr.Dropdown(choices=[DEFAULT_MODEL], value=st.get("model", DEFAULT_MODEL), allow_custom_value=True,
@@ -92,6 +92,7 @@ class LabTab(Tab):
                     plots.mask_figure(None), plots.histogram_figure(None),
                     plots.sparsefw_figure(None) if not fw else plots.empty_figure("SparseFW objective and FW gap", 340))
                 self.err_plot = gr.Plot(figs[0], show_label=False, elem_id="lab-err-plot")
+                self.alps_plot = gr.Plot(plots.alps_figure(a or None), show_label=False, elem_id="lab-alps-plot")
                 with gr.Row():
                     self.resid_plot = gr.Plot(figs[1], show_label=False, elem_id="lab-resid-plot")
                     self.sched_plot = gr.Plot(figs[2], show_label=False, elem_id="lab-sched-plot")
@@ -122,7 +123,7 @@ class LabTab(Tab):
 
     def wire(self, app: App) -> None:
         out = [self.status, self.err_plot, self.resid_plot, self.sched_plot, self.mask_plot, self.hist_plot, self.fw_plot,
-               self.explain, self.summary, self.state]
+               self.explain, self.summary, self.state, self.alps_plot]
         self.btn.click(self.lab, [self.model, self.block, self.proj, self.sparsity, self.pattern, self.nsamples, self.seqlen,
                                   self.admm_iters, self.fw_iters], out, api_name="lab", concurrency_limit=1,
                        concurrency_id="lab", show_progress="minimal", show_progress_on=[self.err_plot]) \
@@ -166,7 +167,8 @@ class LabTab(Tab):
             admm_iters: int, fw_iters: int, request: gr.Request | None = None):
         """One layer, every solver: (status, error plot, residuals, schedule, mask, histogram, SparseFW, explanation,
         summary JSON, lab state). The run is a task of the app's job runner: it waits its turn behind the jobs of
-        the device, runs in the worker process, and is cancelled by Cancel (the Prune tab) or by closing the tab."""
+        the device, runs in the worker process, and is cancelled by Cancel (the Prune tab) or by closing the tab.
+        Last output: the ALPS figure."""
         from pruning import events as ev
 
         try:
@@ -189,12 +191,12 @@ class LabTab(Tab):
                 elif e is None and job.status == "queued":
                     pos = runner.position(job)
                     yield (f"Waiting for the device: position {pos} in the queue ({time.monotonic() - t0:.0f} s)",
-                           sk, sk, sk, sk, sk, sk, sk, sk, sk)
+                           sk, sk, sk, sk, sk, sk, sk, sk, sk, sk)
                     continue
                 elif e is not None:
                     continue
                 if job.status == "running":
-                    yield (f"{where}: {msg} ({time.monotonic() - t0:.0f} s)", sk, sk, sk, sk, sk, sk, sk, sk, sk)
+                    yield (f"{where}: {msg} ({time.monotonic() - t0:.0f} s)", sk, sk, sk, sk, sk, sk, sk, sk, sk, sk)
             finished = True
         finally:
             if not finished and not job.done:  # the client went away: stop the work nobody will see
@@ -210,7 +212,7 @@ class LabTab(Tab):
         view = present(job.report)
         r0, c0 = view["mask"]["default_corner"]
         yield (status_md(view, time.monotonic() - t0), *figures(view), explanation_md(view), lab_summary(view),
-               {"mask": view["mask"], "row": r0, "col": c0})
+               {"mask": view["mask"], "row": r0, "col": c0}, plots.alps_figure(view))
 
     @staticmethod
     def crop(state: dict | None, row: int, col: int, size: int):

@@ -2,7 +2,7 @@
 the summary JSON, the explanation -- and the shipped precomputed layer (``assets/lab``).
 
 ``present(result)`` turns ``pruning.lab.run_lab``'s engine result (per-solver masks and weights as arrays) into
-the display record the plots read: ``{"layer", "greedy", "iterative", "sparsefw", "mask", "hist"}`` where
+the display record the plots read: ``{"layer", "greedy", "iterative", "alps", "sparsefw", "mask", "hist"}`` where
 ``mask`` = the agreement codes of the best available iterative solver (A) against SparseGPT (B) and ``hist`` =
 shared-bin weight histograms. ``save_asset`` / ``load_asset`` store that record as plain files (JSON + npz).
 """
@@ -66,6 +66,7 @@ def present(res: dict) -> dict:
         "layer": dict(res["layer"]),
         "greedy": {k: _plain(v) for k, v in res["greedy"].items()},
         "iterative": {k: _plain(v) for k, v in iterative.items()},
+        "alps": _plain(res.get("alps") or {"available": False, "reason": "not run"}),
         "sparsefw": _plain(res.get("sparsefw") or {"available": False, "reason": "not run"}),
         "mask": {"codes": codes, "weight": W, "a": a_label, "b": b_label,
                  "labels": [t.format(a=a_label, b=b_label) for t in CODE_LABELS],
@@ -93,10 +94,20 @@ def lab_summary(res: dict) -> dict:
             return {"available": False, "reason": rec.get("reason")}
         return {k: rec[k] for k in ("rel_error", "seconds", "sparsity") if k in rec}
 
+    def alps_summary(rec: dict) -> dict:
+        out = pick(rec)
+        if rec.get("available"):
+            admm = [r for r in rec.get("trace", []) if r.get("phase") == "admm"]
+            out.update(admm_iterations=len(admm), cg_steps=len(rec.get("trace", [])) - len(admm),
+                       rho_final=next((r["rho"] for r in reversed(admm) if r.get("rho") is not None), None),
+                       restarts=sum(1 for r in admm if r.get("event") == "restart"))
+        return out
+
     return {"layer": res["layer"],
             "greedy": {k: pick(v) for k, v in res["greedy"].items()},
             "iterative": {k: pick(v) | ({"iterations": len(v.get("trace", []))} if v.get("available") else {})
                           for k, v in res["iterative"].items()},
+            "alps": alps_summary(res.get("alps") or {}),
             "sparsefw": pick(res.get("sparsefw") or {}),
             "mask_disagreement": {"a": res["mask"]["a"], "b": res["mask"]["b"], "fraction": res["mask"]["disagree"],
                                   "count": res["mask"]["n_disagree"]}}
@@ -115,6 +126,10 @@ remembers the accumulated disagreement and pulls the two together. With a *fixed
 possible weights for that mask; with the *gradual* mask (ADMM-Grad) the mask itself is re-chosen from the current,
 already-compensated weights while the sparsity ramps up, so it can keep weights that only look unimportant before
 compensation — the highlighted cells in the heat-map.
+*ALPS* runs ADMM on the same problem after rescaling every input column to unit curvature, and lets its penalty ρ grow
+while the support (the set of kept weights) still changes (×1.3 or ×1.2 at each check; a restart with a smaller ρ if the
+support froze at once); it stops when the support settles, and a few conjugate-gradient steps then give the best weights
+for that final support (its figure: error, ρ and support changes per iteration).
 """
 
 
@@ -129,6 +144,11 @@ def explanation_md(res: dict) -> str:
         lines.append(f"\n**On this layer:** {best_label} reaches a relative error of **{best:.4g}**, {verdict} than SparseGPT "
                      f"({g['sparsegpt']:.4g}); Wanda {g.get('wanda', float('nan')):.4g}, magnitude {g.get('magnitude', float('nan')):.4g}. "
                      f"The two masks differ in {res['mask']['n_disagree']:,} entries ({res['mask']['disagree']:.1%}).")
+    alps, grad = res.get("alps") or {}, res["iterative"].get("ADMM-Grad (gradual mask)") or {}
+    if alps.get("available") and grad.get("available") and grad["rel_error"] > 0:
+        n_admm = sum(1 for r in alps.get("trace", []) if r.get("phase") == "admm")
+        lines.append(f"\n**ALPS** reaches **{alps['rel_error']:.4g}** after {n_admm} ADMM iterations and its CG steps: "
+                     f"{alps['rel_error'] / grad['rel_error']:.3f}× ADMM-Grad's error ({grad['rel_error']:.4g}).")
     elif not it:
         lines.append("\n*ADMM is not available in this build; only the greedy solvers ran.*")
     return "\n".join(lines)

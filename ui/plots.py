@@ -339,3 +339,48 @@ def sparsefw_figure(rec: dict | None, height: int = 340) -> go.Figure:
     fig.update_layout(yaxis2=dict(title="FW gap (log scale)", overlaying="y", side="right", type="log", showgrid=False,
                                   **log_ticks(gaps)))
     return _layout(fig, f"SparseFW (final error {rec['rel_error']:.4g})", height)
+
+
+def alps_figure(lab: dict | None, height: int = 340) -> go.Figure:
+    """ALPS on the lab's layer: relative error per iteration (ADMM, then its CG steps on the final support), the
+    penalty ρ (right, log scale) and the support changes per iteration (bars), with ADMM-Grad's and SparseGPT's
+    final errors as dashed references."""
+    rec = (lab or {}).get("alps")
+    if not rec or not rec.get("available"):
+        return empty_figure("ALPS: " + ((rec or {}).get("reason") or "not available in this build"), height)
+    trace = rec.get("trace", [])
+    admm = [r for r in trace if r.get("phase") == "admm"]
+    cg = [r for r in trace if r.get("phase") == "cg"]
+    fig = go.Figure()
+    x, y = _trace_xy(admm, "mask_changed")
+    if y:
+        fig.add_trace(go.Bar(x=x, y=y, name="support changes", marker_color="#adb5bd", opacity=0.45, yaxis="y3",
+                             hovertemplate="iteration %{x}<br>%{y} entries changed<extra>ALPS</extra>"))
+    x, y = _trace_xy(admm, "objective")
+    fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="ALPS error (ADMM)", line=dict(color="#1971c2", width=2.5),
+                             marker=dict(size=4), hovertemplate="iteration %{x}<br>rel. error %{y:.5g}<extra>ALPS</extra>"))
+    x, y = _trace_xy(cg, "objective")
+    if y:
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"ALPS after CG: {rec['rel_error']:.4g}",
+                                 line=dict(color="#0b7285", width=2.5), marker=dict(size=6, symbol="diamond"),
+                                 hovertemplate="CG step, iteration %{x}<br>rel. error %{y:.5g}<extra>ALPS</extra>"))
+    x_max = max([1, *(r.get("iteration", 0) for r in trace)])
+    refs = [("ADMM-Grad", (lab.get("iterative") or {}).get("ADMM-Grad (gradual mask)"), ITER_COLORS[1]),
+            ("SparseGPT", (lab.get("greedy") or {}).get("sparsegpt"), GREEDY_COLORS["sparsegpt"])]
+    for name, ref, color in refs:
+        if ref and ref.get("available"):
+            fig.add_trace(go.Scatter(x=[0, x_max], y=[ref["rel_error"]] * 2, mode="lines", name=f"{name}: {ref['rel_error']:.4g}",
+                                     line=dict(color=color, dash="dash", width=1.8),
+                                     hovertemplate=f"{name} (final)<br>rel. error %{{y:.5g}}<extra></extra>"))
+    x, y = _trace_xy(admm, "rho")
+    if y:
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="ρ (right)", yaxis="y2",
+                                 line=dict(color="#e8590c", dash="dot", width=2, shape="hv"),
+                                 hovertemplate="iteration %{x}<br>ρ %{y:.3g}<extra>ALPS</extra>"))
+    fig.update_xaxes(title="iteration (ADMM, then CG)", range=[0, x_max + 0.5])
+    errs = [v for t in fig.data if t.yaxis in (None, "y") for v in (t.y or ()) if v is not None]
+    fig.update_yaxes(title="relative error (log scale)", type="log", **log_ticks(errs))
+    rhos = [v for t in fig.data if t.yaxis == "y2" for v in (t.y or ())]
+    fig.update_layout(yaxis2=dict(title="ρ (log scale)", overlaying="y", side="right", type="log", showgrid=False, **log_ticks(rhos)),
+                      yaxis3=dict(overlaying="y", visible=False, rangemode="tozero"), barmode="overlay")
+    return _layout(fig, f"ALPS: error, ρ and support changes per iteration (final {rec['rel_error']:.4g})", height)

@@ -118,6 +118,7 @@ class PruneTab(Tab):
                                        ["sparsefw", "unstructured", 0.6], ["magnitude", "unstructured", 0.5]) if p[0] in SOLVERS]
                 gr.Examples(presets, [self.solver, self.pattern, self.sparsity], label="Presets", cache_examples=False,
                             examples_per_page=6)
+                self.best_btn = gr.Button("★ Best (measured) for this pattern and sparsity", size="sm", elem_id="best-preset")
                 with gr.Accordion("Solver options", open=False):
                     with gr.Group(visible=SOLVERS.get(DEFAULT_SOLVER).kind == "mask") as self.update_row:
                         self.update = gr.Dropdown(choices=UPDATES.names(), value=DEFAULTS.update, label="Weight update after the mask",
@@ -197,8 +198,23 @@ class PruneTab(Tab):
         return [self.progress, self.layer_plot, self.log, self.metrics, self.generations, self.layer_table, self.report, self.job_id]
 
     # -- wiring ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def best(pattern: str, sparsity):
+        """The "Best" preset (pruning.presets): solver, update and allocation of the lowest measured perplexity."""
+        from pruning.presets import best_preset
+
+        try:
+            b = best_preset(pattern or "unstructured", float(sparsity if sparsity is not None else 0.5))
+        except (TypeError, ValueError):
+            b = best_preset(pattern or "unstructured", 0.5)
+        gr.Info(f"Best measured: {b['solver']}{'+' + b['update'] if b['update'] != 'none' else ''}, allocation "
+                f"{b['allocation']} (perplexity {b['perplexity']} at {b['measured_at'][0]} {b['measured_at'][1]:.0%})")
+        return b["solver"], b["update"], b["allocation"]
+
     def wire(self, app: App) -> None:
         form = self.form_inputs()
+        self.best_btn.click(self.best, [self.pattern, self.sparsity], [self.solver, self.update, self.allocation],
+                            api_name="best_preset", show_progress="hidden", queue=False)
         solver_groups, update_groups = list(self.solver_groups.values()), list(self.update_groups.values())
         gr.on([comp.change for comp in form], self.preview, inputs=form, outputs=[self.config_json, self.estimate],
               show_progress="hidden", trigger_mode="always_last", api_visibility="private", queue=False)
