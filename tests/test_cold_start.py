@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 
-import gradio as gr
 
 from ui.base import Readiness
 

@@ -19,7 +19,7 @@ import time
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from _gen import JUNK, check_refusal, prune_configs, valid_cheap_config
 from pruning.config import ConfigError, PruneConfig
