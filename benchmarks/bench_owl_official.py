@@ -88,8 +88,8 @@ def official_densities(official_dir: str, model, windows: torch.Tensor, sparsity
         for i, layer in enumerate(originals):
             layers[i] = layer
         del model.hf_device_map
-    ratios = [float(a[2]) for a in printed if a and a[0] == "layer outlier ratio"]
-    dens = next(np.asarray(a[1], dtype=np.float64) for a in printed if a and a[0] == "after adjustment")
+    ratios = [float(a[2]) for a in printed if a and isinstance(a[0], str) and a[0] == "layer outlier ratio"]
+    dens = next(np.asarray(a[1], dtype=np.float64) for a in printed if a and isinstance(a[0], str) and a[0] == "after adjustment")
     return ratios, dens.tolist()
 
 
