@@ -944,10 +944,23 @@ def _resident(block: nn.Module, index: int = 0, write: bool = True):
 
 
 def _block_store(model: nn.Module):
-    """The model's ``pruning.offload.BlockStore`` when its blocks are offloaded, else None."""
+    """The model's ``pruning.offload.BlockStore`` when its blocks are offloaded, else None (also for a model loaded
+    with offload whose blocks all stayed resident: 'cpu' on a CPU device -- the resident path, copies for a restore
+    included)."""
     from .offload import store_of
 
-    return store_of(model)
+    store = store_of(model)
+    if store is None:
+        return None
+    _, blocks = find_blocks(model)
+    offloaded = [store.is_offloaded(b) for b in blocks]
+    if all(offloaded):
+        return store
+    if any(offloaded):
+        raise ModelStructureError(f"offload: blocks {[i for i, o in enumerate(offloaded) if not o]} are resident "
+                                  "while the others are offloaded; load the model with every block offloaded "
+                                  "(pruning.offload.load_offloaded) or none")
+    return None
 
 
 def _check_block_weights(b: int, linears: dict[str, Linear]) -> None:

@@ -177,11 +177,14 @@ def test_cpu_offload_gives_the_loaded_result(tiny_dir, windows):
     assert torch.equal(loaded(windows[:2]).logits, off(windows[:2]).logits)
 
 
-def test_failure_restores_every_offloaded_block(tiny_dir, windows, tmp_path):
+@pytest.mark.parametrize("mode", ["disk", "cpu"])
+def test_failure_restores_every_offloaded_block(tiny_dir, windows, tmp_path, mode):
+    """disk: the store points block 0 back at the checkpoint; cpu on a CPU device: every block stayed resident, so
+    the pipeline's own copies restore it."""
     from pruning.events import BlockDone, Cancelled
     import threading
 
-    off, _ = load_offloaded(tiny_dir, "cpu", "float32", "disk", tmp_path)
+    off, _ = load_offloaded(tiny_dir, "cpu", "float32", mode, tmp_path if mode == "disk" else None)
     before = _weights(off)
     logits = off(windows[:1]).logits
     cancel = threading.Event()
@@ -196,7 +199,7 @@ def test_failure_restores_every_offloaded_block(tiny_dir, windows, tmp_path):
     after = _weights(off)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert torch.equal(off(windows[:1]).logits, logits)
-    assert all(p.is_meta for b in find_blocks(off)[1] for p in b.parameters())
+    assert all(p.is_meta is (mode == "disk") for b in find_blocks(off)[1] for p in b.parameters())
 
 
 def test_run_job_offloaded_matches_and_keeps_the_key(tiny_dir, tmp_path):
