@@ -16,7 +16,7 @@ LEAVES = {"pruning.errors", "pruning.events", "pruning.settings", "pruning.asset
 # what ui/ may import from the engine: the package's lazy public names and these modules
 UI_PUBLIC = {"pruning", "pruning.api", "pruning.config", "pruning.events", "pruning.errors", "pruning.jobs",
              "pruning.results", "pruning.lab", "pruning.settings", "pruning.assets", "pruning.lru", "pruning.solvers",
-             "pruning.patterns", "pruning.figures", "pruning.executors"}
+             "pruning.patterns", "pruning.figures", "pruning.executors", "pruning.presets"}
 SOLVER_ALLOWED = {"pruning.errors", "pruning.patterns"}  # plus pruning.solvers.*: tensors in, tensors out
 
 
