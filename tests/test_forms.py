@@ -136,6 +136,9 @@ def test_size_presets_are_the_engine_sizes():
     presets = list(forms.size_presets().values())
     assert presets[0] == {"nsamples": CPU_SIZES[0], "seqlen": CPU_SIZES[1], "eval_windows": CPU_SIZES[2], "eval_seqlen": CPU_SIZES[1]}
     assert presets[1] == {"nsamples": GPU_SIZES[0], "seqlen": GPU_SIZES[1], "eval_windows": GPU_SIZES[2], "eval_seqlen": GPU_SIZES[1]}
-    for p in presets:  # every preset is a valid config
-        forms.parse_config({"calib": {"nsamples": p["nsamples"], "seqlen": p["seqlen"]},
+    for p, device in zip(presets, ("cpu", "cuda")):  # every preset is a valid config on the device it is sized for
+        forms.parse_config({"device": device, "calib": {"nsamples": p["nsamples"], "seqlen": p["seqlen"]},
                             "eval": {"windows": p["eval_windows"], "seqlen": p["eval_seqlen"]}})
+    # the paper's size on a CPU server is over the visitor limit there: refused, naming the limit and its variable
+    with pytest.raises(ConfigError, match="PRUNING_LAB_MAX_CALIB_TOKENS"):
+        forms.parse_config({"device": "cpu", "calib": {"nsamples": presets[1]["nsamples"], "seqlen": presets[1]["seqlen"]}})
