@@ -108,7 +108,8 @@ def test_damping_escalation_is_reported_as_a_warning_event(tiny_llama, monkeypat
     cfg = PruneConfig(solver="sparsegpt", calib=CalibConfig(nsamples=2, seqlen=16), device="cpu", dtype="float32")
     before = checksum(model)
     rep = pipeline.prune_model(copy.deepcopy(model), tok, cfg, seen.append, windows=torch.randint(0, 100, (2, 16)))
-    warns = [e for e in seen if isinstance(e, ev.WarningEvent)]
+    # every model also gets one "left dense by design" warning (norms, biases, routers): not about damping
+    warns = [e for e in seen if isinstance(e, ev.WarningEvent) and not e.message.startswith("left dense by design")]
     assert warns and all("damping" in w.message for w in warns), [w.message for w in warns]
     assert rep["warnings"] and checksum(model) == before
 
