@@ -402,10 +402,10 @@ def test_unknown_text_source_keeps_angle_brackets_and_no_class_name(page):
     src.fill("no-such-text-source")
     src.press("Enter")
     est = _wait_estimate(page, "unknown source")
-    assert "text:<pasted text>, or a path to a UTF-8 text file" in est and "DataError" not in est
+    assert "text:<pasted text>, or a path to a UTF-8 text, .json, .jsonl or .parquet file" in est and "DataError" not in est
     page.locator("#run-btn").click()
     toast = _toast(page, "unknown source")
-    assert "text:<pasted text>, or a path to a UTF-8 text file" in toast and "DataError" not in toast
+    assert "text:<pasted text>, or a path to a UTF-8 text, .json, .jsonl or .parquet file" in toast and "DataError" not in toast
     assert est.lstrip("⚠ ").startswith("Text (calib.source): unknown source")
 
 
