@@ -281,6 +281,7 @@ def test_cli_offload_flags_reach_the_config():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # three subprocesses (write, loaded, disk): 1412 s on the shared 2-core machine at load ~15
 def test_big_llama_disk_offload_same_masks_half_the_memory(tmp_path):
     ckpt = tmp_path / "llama-2048x4"
     _run_child("make", ckpt)
