@@ -54,8 +54,6 @@ class _nothing:
 def _child(argv: list[str]) -> None:
     """Subprocess body: ``make DIR`` writes the big checkpoint; ``loaded|disk|cpu DIR OUT.json [FOLDER]`` prunes it
     with Wanda 50 % on 4 × 64 pydoc tokens and writes masks, errors, loss, peak RSS and seconds."""
-    import resource
-
     import psutil
     import torch
 
@@ -85,7 +83,10 @@ def _child(argv: list[str]) -> None:
     cfg = PruneConfig(model=ckpt, solver="wanda", sparsity=0.5, device="cpu", dtype="float32", batch_size=4)
     rep = prune_model(model, tok, cfg, windows=windows)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    # this process's own peak (VmHWM, kB). Not ru_maxrss: Linux carries it across execve, so a child of a big pytest
+    # process would report at least the parent's size at fork time (a suite run read 2.8 GB for a 1.8 GB child)
+    peak = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith("VmHWM:")) * 1024
     loss = window_losses(model, windows[:1], 1)[0]
     res = {"mode": mode, "errors": [l["rel_error"] for l in rep["layers"]], "sparsity": rep["sparsity"],
            "masks": _mask_digests(model), "loss": loss, "peak_rss": peak, "base_rss": base_rss,
