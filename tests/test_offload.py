@@ -25,10 +25,8 @@ BIG = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=4, num_at
            num_key_value_heads=16, tie_word_embeddings=False)  # Llama shapes; vocab 384 (the tiny tokenizer)
 
 
-def _mask_digests(model) -> dict:
-    """{'block.name': sha256 of the layer's zero mask} -- offloaded blocks are read where they live."""
-    import torch
-
+def _per_layer(model, fn) -> dict:
+    """{'block.name': fn(weight)} over every linear of every block -- offloaded blocks are read where they live."""
     from pruning.blocks import block_linears, find_blocks
     from pruning.offload import store_of
 
@@ -37,10 +35,15 @@ def _mask_digests(model) -> dict:
     for b, block in enumerate(find_blocks(model)[1]):
         ctx = store.onload(block, b, write=False) if store is not None else _nothing()
         with ctx:
-            for n, lin in block_linears(block).items():
-                mask = (lin.get_weight() == 0).to(torch.uint8).contiguous().numpy().tobytes()
-                out[f"{b}.{n}"] = hashlib.sha256(mask).hexdigest()
+            out.update({f"{b}.{n}": fn(lin.get_weight()) for n, lin in block_linears(block).items()})
     return out
+
+
+def _mask_digests(model) -> dict:
+    """{'block.name': sha256 of the layer's zero mask}."""
+    import torch
+
+    return _per_layer(model, lambda w: hashlib.sha256((w == 0).to(torch.uint8).contiguous().numpy().tobytes()).hexdigest())
 
 
 class _nothing:
@@ -108,7 +111,7 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402
 
-from pruning.blocks import block_linears, find_blocks  # noqa: E402
+from pruning.blocks import find_blocks  # noqa: E402
 from pruning.config import CalibConfig, ConfigError, EvalConfig, PruneConfig  # noqa: E402
 from pruning.data import calibration_windows  # noqa: E402
 from pruning.errors import InputError  # noqa: E402
@@ -124,13 +127,7 @@ def windows(tiny_dir):
 
 
 def _weights(model) -> dict:
-    store = store_of(model)
-    out = {}
-    for b, block in enumerate(find_blocks(model)[1]):
-        ctx = store.onload(block, b, write=False) if store is not None else _nothing()
-        with ctx:
-            out.update({f"{b}.{n}": lin.get_weight().detach().clone() for n, lin in block_linears(block).items()})
-    return out
+    return _per_layer(model, lambda w: w.detach().clone())
 
 
 # ----------------------------------------------------------------------------------------------- loading
