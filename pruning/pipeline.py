@@ -207,8 +207,11 @@ def add_gram_(G: torch.Tensor, X: torch.Tensor) -> bool:
 
 def mirror_upper_(G: torch.Tensor) -> None:
     """Copy the strict upper triangle of a square G onto its lower triangle, in place."""
-    low = torch.tril_indices(G.shape[0], G.shape[0], -1, device=G.device)
-    G[low[0], low[1]] = G[low[1], low[0]]
+    for i in range(0, G.shape[0], SYRK_BLOCK):  # row block i: no index tensors (tril_indices of a 5632-wide Gram: 254 MB)
+        j = min(i + SYRK_BLOCK, G.shape[0])
+        G[i:j, :i] = G[:i, i:j].t()
+        diag = G[i:j, i:j]
+        diag.copy_(torch.triu(diag) + torch.triu(diag, 1).t())
 
 
 class _StopForward(Exception):
@@ -597,6 +600,21 @@ def _solve_layers(run: _Run, b: int, names: list[str], sub: dict[str, Linear], g
                     SolveContext(on_iter, run.warn, memo))
         _write(sub[name], sol, run.saved)
         _record(run.result, run.emit, b, name, sol, target if run.targets else None)
+        del problem, sol, W, G
+        _release_gram(grams, memo, name, names[names.index(name) + 1:] + [n for n in grams if n not in names])
+
+
+def _release_gram(grams: dict, memo: dict, name: str, rest: list[str]) -> None:
+    """Drop ``name``'s Gram and what the memo derived from it once no linear in ``rest`` (those still to be solved in
+    this group, by this path or another) shares it, so the solve of a block's last (widest) linear does not hold
+    every other Gram of the block (down_proj after q/k/v, o, gate/up)."""
+    G = grams[name][0]
+    if any(grams[n][0] is G for n in rest if n in grams):
+        return
+    for n in [n for n in grams if grams[n][0] is G]:
+        del grams[n]
+    for key in [k for k in memo if isinstance(k, tuple) and len(k) > 1 and k[1] == id(G)]:
+        del memo[key]
 
 
 def ffn_problem(block: nn.Module, inputs: BlockInputs, linears: dict[str, Linear], grams: dict, ffn: FFN,
@@ -685,6 +703,7 @@ def _solve_group(run: _Run, b: int, block: nn.Module, inputs: BlockInputs, linea
     run.timings.add("statistics", col.seconds + extra)
     run.timings.add("calibration_forward", elapsed - col.seconds - extra)
     grams = {n: col.gram(n) for n in group}
+    del col  # the Grams live in ``grams`` only, and are released layer by layer (_release_gram)
     memo: dict = {}  # Gram-derived values shared by the group's layers (SolveContext.memo)
     with run.timings.phase("solve"):
         if group and run.spec.kind == "block" and run.spec.block_fn is not None:

@@ -279,7 +279,7 @@ def test_cli_offload_flags_reach_the_config():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2700)  # three subprocesses (write, loaded, disk): 1412 s on the shared 2-core machine at load ~15
+@pytest.mark.timeout(2700)  # three subprocesses (write, loaded, disk): ~140 s on the quiet 2-core machine, 1412 s at load ~15
 def test_big_llama_disk_offload_same_masks_half_the_memory(tmp_path):
     ckpt = tmp_path / "llama-2048x4"
     _run_child("make", ckpt)
@@ -293,12 +293,11 @@ def test_big_llama_disk_offload_same_masks_half_the_memory(tmp_path):
     assert b["errors"] == a["errors"] and b["loss"] == a["loss"] and b["sparsity"] == a["sparsity"]
     print(f"\npeak RSS loaded {a['peak_rss'] / 2**20:.0f} MiB ({a['seconds']} s), disk {b['peak_rss'] / 2**20:.0f} MiB "
           f"({b['seconds']} s); after imports {a['base_rss'] / 2**20:.0f} / {b['base_rss'] / 2**20:.0f} MiB")
-    # Measured (2 shared cores, 2026-12-03): loaded 3048 MiB, disk 1826 MiB (0.60). Disk offload removes the model
-    # (0.79 GiB) and the copies the resident path keeps for a restore; what stays is the process after imports
-    # (~250 MiB), one block (206 MB), its Grams (~175 MB) and Wanda's working memory for the largest layer (~500 MiB
-    # for a 5632 x 2048 layer, measured alone), which no offload can remove. With 4 blocks that fixed part keeps the
-    # ratio above one half; the bound below is the measured ratio with a margin.
-    assert b["peak_rss"] < 0.65 * a["peak_rss"]
+    # Disk offload removes the model (0.79 GiB) and the copies the resident path keeps for a restore; what stays is
+    # the process after imports (~250 MiB), one block (206 MB), the Gram of the linear being solved (down_proj's,
+    # 127 MB: the others are released as their linears are done) and the solver's working memory on that layer.
+    # Measured on the quiet 2-core machine (2026-12-03): loaded 2719 MiB, disk 1133 MiB (0.42).
+    assert b["peak_rss"] < 0.5 * a["peak_rss"]
     assert b["peak_rss"] - b["base_rss"] < a["peak_rss"] - a["base_rss"] - 2 * 2**30 * 0.5  # >= 1 GiB less growth
 
 
