@@ -321,7 +321,13 @@ def export_run(run_id: str, out_dir, store=None, overwrite: bool = False, on_eve
 
         store = ResultStore()
     runs = list(store.list_runs()) + list(extra_runs or [])
-    report = find_run(run_id, runs)
+    return export_report(find_run(run_id, runs), out_dir, overwrite, on_event, cancel)
+
+
+def export_report(report: dict, out_dir, overwrite: bool = False, on_event: Callable | None = None,
+                  cancel: threading.Event | None = None) -> Path:
+    """Rebuild the pruned model of a finished run's ``report`` and write it to ``out_dir`` (the worker process's
+    ``export`` task: the web server finds the report, the worker re-runs it)."""
     out = Path(out_dir).expanduser().absolute()
     _check_target(out, overwrite)  # before the (long) re-run
     model, tok = rebuild_pruned(report, on_event=on_event, cancel=cancel)

@@ -11,7 +11,8 @@ keeps them (``pruning.engine.DEFAULT`` lives in the child), runs one task at a t
 
 Tasks (``TASKS``): ``prune`` (``payload``: ``{"fn": "module:function", "config": PruneConfig}``; default
 ``pruning.api:run_job``), ``model_info`` (``pruning.api.model_info`` plus the cost model's shape facts), ``lab``
-(``pruning.lab.run_lab``) and ``prepare_windows`` (the default text tokenised at server start). The child never writes the result store: the parent does, from the returned report.
+(``pruning.lab.run_lab``), ``prepare_windows`` (the default text tokenised at server start) and ``export`` (a finished
+run's pruned model rebuilt and written for download: ``pruning.export.export_report``). The child never writes the result store: the parent does, from the returned report.
 
 ``WorkerProcess.run`` blocks until the task ends and relays its events to ``on_event`` as they arrive; it returns
 the task's value or raises ``WorkerTaskError`` (the task's own error, with its kind and message), ``events.Cancelled``
@@ -182,8 +183,15 @@ def _task_prepare_windows(payload: dict, emit, cancel) -> None:
     prepare_windows(payload["config"])
 
 
+def _task_export(payload: dict, emit, cancel) -> str:
+    from .export import export_report
+
+    return str(export_report(payload["report"], payload["out_dir"], bool(payload.get("overwrite")), emit, cancel))
+
+
 TASKS: dict[str, Callable[[dict, Callable, threading.Event], Any]] = {
     "prune": _task_prune, "model_info": _task_model_info, "lab": _task_lab, "prepare_windows": _task_prepare_windows,
+    "export": _task_export,
 }
 
 

@@ -383,6 +383,9 @@ def test_prune_allocation_kl_then_export_zip_loads(app, tmp_path):
     assert any(t.get("yaxis") == "y2" for t in json.loads(out[P_PLOT]["plot"])["data"])  # the targets on the chart
     zpath, msg = client.predict(report, api_name="/export")
     assert report["run_id"] in msg
+    # the re-run went through the device's queue as an export task (the worker process), not the request thread
+    exports = [j for j in list(app.runner._jobs.values()) if j.task == "export"]
+    assert exports and exports[-1].status == "done" and exports[-1].report.endswith(report["run_id"])
     with zipfile.ZipFile(zpath) as z:
         names = z.namelist()
         assert any(n.endswith("/README.md") for n in names) and any(n.endswith("/model.safetensors") for n in names)

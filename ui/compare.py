@@ -195,7 +195,7 @@ class CompareTab(Tab):
     def keep_y_axis(self, model: str = ALL_MODELS, include_precomputed: bool = True, y: str = "perplexity"):
         return gr.skip() if y != "zero-shot accuracy" else self.tradeoff(model, include_precomputed, y)
 
-    def export(self, pick: str | None):
+    def export(self, pick: str | None, request: gr.Request | None = None):
         """Export the run picked as Run A: (file for download, message). A plain handler (one export at a time)."""
         by_id = {run_id(r): r for r in self.all_runs(True)}
         run = by_id.get(pick or "")
@@ -204,7 +204,10 @@ class CompareTab(Tab):
         pre = self.all_runs(True) if run.get("precomputed") else None
         extra = [r for r in pre if r.get("precomputed")] if pre else None
         try:
-            _, zpath = export_zip(self.app, run_id_of(run), extra_runs=extra)
+            _, zpath = export_zip(self.app, run_id_of(run), extra_runs=extra, owner=getattr(request, "session_hash", None))
+        except ev.Cancelled:
+            raise gr.Error("Export: cancelled before the pruned model was rebuilt; nothing was written",
+                           title="Export cancelled") from None
         except (ValueError, RuntimeError, OSError, PruningError) as e:
             raise gr.Error(error_text(user_message(e)), title="Export failed") from None
         return str(zpath), f"Exported run {run_id_of(run)}: download the .zip below."

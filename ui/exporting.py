@@ -1,6 +1,7 @@
 """Export a finished run for download (the Prune and Compare tabs' Export buttons).
 
-The folder is written on the server under ``<cache>/exports/<run id>`` (``pruning.settings.cache_dir()``, or
+The export's re-run goes through the app's job runner (an ``export`` task in the worker process, queued behind the
+device's other jobs), never on the request thread. The folder is written on the server under ``<cache>/exports/<run id>`` (``pruning.settings.cache_dir()``, or
 ``App.exports_dir``) by ``pruning.export.export_run``: the result store keeps reports only, so the pruned weights are
 rebuilt by re-running the stored config, checked bit for bit against the stored per-layer errors. A folder already
 exported for that run id is reused. The .zip for the browser goes to the system temp folder (Gradio serves files
@@ -34,17 +35,26 @@ def _lock(run_id: str) -> threading.Lock:
 
 
 def export_zip(app, run_id: str, extra_runs: list[dict] | None = None, cancel: threading.Event | None = None,
-               on_event=None) -> tuple[Path, Path]:
+               on_event=None, owner: str | None = None) -> tuple[Path, Path]:
     """(exported folder, .zip for download) of run ``run_id`` (or a unique prefix). Raises the engine's
-    ExportError / ReproductionError (clean messages) when the run is unknown or cannot be rebuilt here."""
+    ExportError / ReproductionError (clean messages) when the run is unknown or cannot be rebuilt here. With a job
+    runner (the app) the re-run is an ``export`` task on the device's queue (the worker process, one job per device;
+    ``owner``: the session, so its Cancel reaches it); without one (tests, scripts) it runs here."""
     from pruning import export_run, find_run, zip_folder
     from pruning.results import run_id_of
 
     runs = (list(app.store.list_runs()) if app.store is not None else []) + list(extra_runs or [])
-    rid = run_id_of(find_run(run_id, runs))  # the full id (a prefix may have been given); ExportError if unknown
+    report = find_run(run_id, runs)  # ExportError if unknown
+    rid = run_id_of(report)  # the full id (a prefix may have been given)
     folder = exports_root(app) / rid
+    runner = getattr(app, "runner", None)
     with _lock(rid):  # two clicks on the same run: the second reuses the first's folder
-        if not _complete(folder):
+        if not _complete(folder) and runner is not None:
+            # the re-run is a job like any other: on the device's queue, in the worker process, never on this thread
+            device = (report.get("config") or {}).get("device", "auto")
+            runner.call("export", {"report": report, "out_dir": str(folder), "overwrite": True, "device": device},
+                        owner=owner, on_event=on_event)
+        elif not _complete(folder):
             export_run(rid, folder, store=app.store, overwrite=True, on_event=on_event, cancel=cancel,
                        extra_runs=extra_runs)
         zdir = Path(tempfile.gettempdir()) / "pruning-lab-exports"

@@ -427,15 +427,19 @@ class PruneTab(Tab):
             title = "Invalid setting" if view.kind == "input" else "The job failed"
             raise gr.Error(error_text(relabel(view.message, PRUNE_LABELS)), title=title)
 
-    def export(self, report: dict | None):
+    def export(self, report: dict | None, request: gr.Request | None = None):
         """Export the shown finished run: (the .zip for download, a message). A plain handler, one export at a
-        time: the runner keeps reports, not pruned models, so ``pruning.export.export_run`` rebuilds the weights by
-        re-running the stored config (checked bit for bit against the stored per-layer errors)."""
+        time: the runner keeps reports, not pruned models, so the export rebuilds the weights by re-running the stored
+        config (checked bit for bit against the stored per-layer errors) as an ``export`` task on the device's queue,
+        in the worker process (``ui.exporting.export_zip``)."""
         rid = (report or {}).get("run_id") if isinstance(report, dict) else None
         if not rid or not (report or {}).get("layers"):
             raise gr.Error("Export: no finished run to export; press Run and wait until it is done", title="Nothing to export")
         try:
-            _, zpath = export_zip(self.app, rid)
+            _, zpath = export_zip(self.app, rid, owner=getattr(request, "session_hash", None))
+        except ev.Cancelled:
+            raise gr.Error("Export: cancelled before the pruned model was rebuilt; nothing was written",
+                           title="Export cancelled") from None
         except (ValueError, RuntimeError, OSError, PruningError) as e:
             raise gr.Error(error_text(user_message(e)), title="Export failed") from None
         return str(zpath), f"Exported run `{rid}`: download the .zip below."
