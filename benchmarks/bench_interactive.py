@@ -94,7 +94,9 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("PRUNING_LAB_THREADS", torch.get_num_threads())))
-    base = PruneConfig()
+    from ui.forms import parse_config
+
+    base = parse_config({}, visitor=False)  # the app's default sizes on this device (INTERACTIVE_SIZES on a CPU)
     calib = CalibConfig(nsamples=args.nsamples or base.calib.nsamples, seqlen=args.seqlen or base.calib.seqlen)
     evalc = EvalConfig(windows=base.eval.windows if args.eval_windows is None else args.eval_windows,
                        seqlen=args.seqlen or base.eval.seqlen)

@@ -29,8 +29,11 @@ RUN_ONLY_FIELDS = ("offload", "offload_folder")  # how a run is executed; never 
 CALIB_SOURCES = ("wiki-sample", "pydoc", "wikitext2", "c4")  # named text sources (also: a file path, text:...)
 CALIB_SAMPLINGS = ("document", "stream")  # = pruning.data.SAMPLINGS (kept torch-free here)
 # run sizes: (calibration windows, tokens per window, evaluation windows with 0 = all)
-CPU_SIZES = (16, 512, 16)  # small enough for a laptop CPU (SmolLM2: about a minute per run)
+CPU_SIZES = (16, 512, 16)  # the library's and the CLI's CPU default (benchmarks/RESULTS.md §7 tables)
 GPU_SIZES = (128, 2048, 0)  # the papers' setting
+# the app's CPU default, sized for a visitor on a 2-vCPU Space: SparseGPT 50 % on SmolLM2 in under a minute, with the
+# same perplexity ranking of magnitude / Wanda / SparseGPT / ADMM-Grad as CPU_SIZES (benchmarks/RESULTS.md §10b)
+INTERACTIVE_SIZES = (4, 512, 8)
 
 
 def _sizes(device) -> tuple[int, int, int]:

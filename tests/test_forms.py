@@ -110,7 +110,7 @@ def test_app_sizes_follow_the_device(monkeypatch):
     default; sizes given explicitly always win."""
     import torch
 
-    from pruning.config import CPU_SIZES, GPU_SIZES
+    from pruning.config import GPU_SIZES, INTERACTIVE_SIZES
 
     cpu = forms.size_defaults("auto")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -118,27 +118,32 @@ def test_app_sizes_follow_the_device(monkeypatch):
     assert gpu == {"nsamples": GPU_SIZES[0], "seqlen": GPU_SIZES[1], "eval_windows": 0, "eval_seqlen": GPU_SIZES[1]}
     cfg = forms.parse_config({"solver": "wanda"})  # what gradio_client sends when it leaves the sizes out
     assert (cfg.calib.nsamples, cfg.calib.seqlen, cfg.eval.windows, cfg.eval.seqlen) == (128, 2048, 0, 2048)
-    assert forms.parse_config({"solver": "wanda", "device": "cpu"}).calib.nsamples == CPU_SIZES[0]
+    assert forms.parse_config({"solver": "wanda", "device": "cpu"}).calib.nsamples == INTERACTIVE_SIZES[0]
     given = forms.parse_config({"calib": {"nsamples": 4, "seqlen": 64}, "eval": {"windows": 2, "seqlen": 64}})
     assert (given.calib.nsamples, given.calib.seqlen, given.eval.windows, given.eval.seqlen) == (4, 64, 2, 64)
     assert given.batch_size > 1  # forwards batched
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert forms.size_defaults("auto") == cpu == {"nsamples": CPU_SIZES[0], "seqlen": CPU_SIZES[1],
-                                                  "eval_windows": CPU_SIZES[2], "eval_seqlen": CPU_SIZES[1]}
-    assert forms.parse_config({"solver": "wanda"}) == PruneConfig(solver="wanda")  # CPU: exactly the engine's defaults
+    assert forms.size_defaults("auto") == cpu == {"nsamples": INTERACTIVE_SIZES[0], "seqlen": INTERACTIVE_SIZES[1],
+                                                  "eval_windows": INTERACTIVE_SIZES[2], "eval_seqlen": INTERACTIVE_SIZES[1]}
+    # CPU: the engine's defaults except the sizes, which are the app's interactive ones (smaller than the CLI's)
+    assert forms.parse_config({"solver": "wanda"}) == PruneConfig(
+        solver="wanda", calib=CalibConfig(nsamples=INTERACTIVE_SIZES[0], seqlen=INTERACTIVE_SIZES[1]),
+        eval=EvalConfig(windows=INTERACTIVE_SIZES[2], seqlen=INTERACTIVE_SIZES[1]))
     with pytest.raises(ConfigError, match="device"):
         forms.parse_config({"device": "tpu"})
 
 
 def test_size_presets_are_the_engine_sizes():
-    from pruning.config import CPU_SIZES, GPU_SIZES
+    from pruning.config import CPU_SIZES, GPU_SIZES, INTERACTIVE_SIZES
 
     presets = list(forms.size_presets().values())
-    assert presets[0] == {"nsamples": CPU_SIZES[0], "seqlen": CPU_SIZES[1], "eval_windows": CPU_SIZES[2], "eval_seqlen": CPU_SIZES[1]}
-    assert presets[1] == {"nsamples": GPU_SIZES[0], "seqlen": GPU_SIZES[1], "eval_windows": GPU_SIZES[2], "eval_seqlen": GPU_SIZES[1]}
-    for p, device in zip(presets, ("cpu", "cuda")):  # every preset is a valid config on the device it is sized for
+    i = INTERACTIVE_SIZES
+    assert presets[0] == {"nsamples": i[0], "seqlen": i[1], "eval_windows": i[2], "eval_seqlen": i[1]} == forms.size_defaults("cpu")
+    assert presets[1] == {"nsamples": CPU_SIZES[0], "seqlen": CPU_SIZES[1], "eval_windows": CPU_SIZES[2], "eval_seqlen": CPU_SIZES[1]}
+    assert presets[2] == {"nsamples": GPU_SIZES[0], "seqlen": GPU_SIZES[1], "eval_windows": GPU_SIZES[2], "eval_seqlen": GPU_SIZES[1]}
+    for p, device in zip(presets, ("cpu", "cpu", "cuda")):  # every preset is a valid config on the device it is sized for
         forms.parse_config({"device": device, "calib": {"nsamples": p["nsamples"], "seqlen": p["seqlen"]},
                             "eval": {"windows": p["eval_windows"], "seqlen": p["eval_seqlen"]}})
     # the paper's size on a CPU server is over the visitor limit there: refused, naming the limit and its variable
     with pytest.raises(ConfigError, match="PRUNING_LAB_MAX_CALIB_TOKENS"):
-        forms.parse_config({"device": "cpu", "calib": {"nsamples": presets[1]["nsamples"], "seqlen": presets[1]["seqlen"]}})
+        forms.parse_config({"device": "cpu", "calib": {"nsamples": presets[2]["nsamples"], "seqlen": presets[2]["seqlen"]}})

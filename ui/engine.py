@@ -183,9 +183,9 @@ def prepare_text(model: str = DEFAULT_MODEL) -> None:
     """Convert the default text (the embedded Wikipedia sample) and tokenise the default calibration and evaluation
     windows with ``model``'s tokenizer, so the first job finds them ready (loads the model if needed) -- with a bound
     out-of-process runner, as a task in its worker process (where the jobs will find them in memory)."""
-    from pruning.config import PruneConfig
+    from .forms import parse_config
 
-    cfg = PruneConfig(model=model)
+    cfg = parse_config({"model": model}, visitor=False)  # the form's default sizes on this device
     runner = _out_of_process()
     if runner is not None:
         runner.call("prepare_windows", {"config": cfg, "device": cfg.device})

@@ -28,23 +28,33 @@ EVAL_DEFAULTS = EvalConfig()
 DEFAULT_SOLVER = DEFAULTS.solver
 
 
+def _sizes(t: tuple[int, int, int]) -> dict:
+    return {"nsamples": t[0], "seqlen": t[1], "eval_windows": t[2], "eval_seqlen": t[1]}
+
+
 def size_defaults(device: str = "auto") -> dict:
-    """The calibration and evaluation sizes the forms start from on ``device``: the engine's
-    ``CalibConfig.for_device`` / ``EvalConfig.for_device`` (CPU: the interactive default; a GPU: the papers'
-    128 × 2048 calibration and every evaluation window), as {nsamples, seqlen, eval_windows, eval_seqlen}."""
+    """The calibration and evaluation sizes the forms (and an API call that leaves them out) start from on
+    ``device``, as {nsamples, seqlen, eval_windows, eval_seqlen}: on a GPU the engine's ``CalibConfig.for_device`` /
+    ``EvalConfig.for_device`` (the papers' 128 × 2048 calibration and every evaluation window); on a CPU the app's
+    interactive sizes ``pruning.config.INTERACTIVE_SIZES`` (smaller than the CLI's ``CPU_SIZES``: a visitor's default
+    run within a minute on 2 vCPUs, same ranking of the methods; benchmarks/RESULTS.md §10b)."""
+    from pruning.config import INTERACTIVE_SIZES
+    from pruning.device import is_accelerator
+
+    if not is_accelerator(device):
+        return _sizes(INTERACTIVE_SIZES)
     c, e = CalibConfig.for_device(device), EvalConfig.for_device(device)
     return {"nsamples": c.nsamples, "seqlen": c.seqlen, "eval_windows": e.windows, "eval_seqlen": e.seqlen}
 
 
 def size_presets() -> dict[str, dict]:
     """The run sizes one click away on the Prune tab: label -> {nsamples, seqlen, eval_windows, eval_seqlen}."""
-    from pruning.config import CPU_SIZES, GPU_SIZES
+    from pruning.config import CPU_SIZES, GPU_SIZES, INTERACTIVE_SIZES
 
-    def sizes(t):
-        return {"nsamples": t[0], "seqlen": t[1], "eval_windows": t[2], "eval_seqlen": t[1]}
-
-    return {f"Interactive ({CPU_SIZES[0]} × {CPU_SIZES[1]}, {CPU_SIZES[2]} eval windows)": sizes(CPU_SIZES),
-            f"Paper ({GPU_SIZES[0]} × {GPU_SIZES[1]}, every eval window)": sizes(GPU_SIZES)}
+    i, c, g = INTERACTIVE_SIZES, CPU_SIZES, GPU_SIZES
+    return {f"Interactive ({i[0]} × {i[1]}, {i[2]} eval windows)": _sizes(i),
+            f"Standard ({c[0]} × {c[1]}, {c[2]} eval windows: the CLI's CPU default)": _sizes(c),
+            f"Paper ({g[0]} × {g[1]}, every eval window)": _sizes(g)}
 
 
 def pattern_choices() -> list[str]:
@@ -188,8 +198,8 @@ def config_from_form(form: dict, option_values: list, refs: list[OptionRef]) -> 
 
 
 def _with_device_sizes(config: dict) -> dict:
-    """``config`` with the sizes it leaves out taken from its device (``size_defaults``), so that an API call on a GPU
-    gets the papers' sizes as the form does; on a CPU they are the dataclass defaults anyway."""
+    """``config`` with the sizes it leaves out taken from its device (``size_defaults``), so that an API call gets the
+    sizes the form shows: the papers' on a GPU, the interactive ones on a CPU."""
     calib, ev = config.get("calib"), config.get("eval")
     if (calib is not None and not isinstance(calib, dict)) or (ev is not None and not isinstance(ev, dict)):
         return config  # a CalibConfig / EvalConfig given whole, or a wrong type (PruneConfig names it)
