@@ -42,6 +42,13 @@ def _sizes(device) -> tuple[int, int, int]:
     return GPU_SIZES if is_accelerator(device) else CPU_SIZES
 
 
+def app_sizes(device="auto") -> tuple[int, int, int]:
+    """The app's default run sizes on ``device``: the papers' on an accelerator, ``INTERACTIVE_SIZES`` on a CPU."""
+    from .device import is_accelerator
+
+    return GPU_SIZES if is_accelerator(device) else INTERACTIVE_SIZES
+
+
 class ConfigError(InputError):
     """Invalid configuration; the message names the field and the allowed values."""
 

@@ -68,8 +68,18 @@ def _quiet_transformers():
 
 
 def _finish(model, tokenizer, device, dtype, source: str):
-    """Common tail of every loader: dtype, device, eval mode, pad token, identity tag."""
+    """Common tail of every loader: dtype, device, eval mode, pad token, identity tag.
+
+    Float32 buffers stay float32 (as ``from_pretrained(dtype=...)`` and accelerate's ``device_map`` keep them): a
+    plain ``.to(dtype)`` would also round e.g. the rotary ``inv_freq`` to bfloat16, a different model from the one
+    transformers users (and the offloaded path) get."""
+    keep = {name: b.detach().to(device) for name, b in model.named_buffers() if b.dtype == torch.float32}
     model = model.to(device=device, dtype=dtype).eval()
+    if keep and dtype != torch.float32:
+        for name, b in keep.items():
+            mod_name, _, buf = name.rpartition(".")
+            mod = model.get_submodule(mod_name) if mod_name else model
+            mod._buffers[buf] = b
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.pruning_lab_source = source  # identity for model_fingerprint (not serialised)
@@ -384,6 +394,8 @@ def model_fingerprint(model) -> str:
             sample = torch.cat([flat[::step][:4096], flat[step // 2::step][:4096]]).to("cpu", torch.float32)
             h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
             h.update(sample.numpy().tobytes())  # (<= 8192,) float32
+    if params and params[0][1].dtype != torch.float32:  # half-precision weights: which buffers stayed float32
+        h.update(json.dumps(sorted((n, str(b.dtype)) for n, b in model.named_buffers())).encode())
     return h.hexdigest()[:16]
 
 

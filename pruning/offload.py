@@ -149,6 +149,42 @@ def device_map_for(model: nn.Module, where: str, main) -> dict:
     return out
 
 
+# glibc's malloc serves requests below a dynamic threshold (growing to 32 MiB) from its heaps, and a freed heap chunk
+# stays resident: over one block's solves that retained memory reached ~300 MB on a 2048-wide Llama, a quarter of a
+# disk-offloaded run's peak. A disk-offloaded load sets the threshold to 1 MiB (larger buffers are mapped and unmapped
+# by the kernel) and the pipeline hands freed heap memory back after each block (benchmarks/RESULTS.md §11b).
+MMAP_THRESHOLD_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc (musl has no mallopt): nothing to tune
+        return None
+
+
+def map_large_allocations() -> bool:
+    """Buffers of ``MMAP_THRESHOLD_BYTES`` and more go to their own memory maps from now on (glibc only; True if
+    set). Process-wide by nature: called when a model is loaded offloaded to disk, where peak RAM is the point."""
+    libc = _libc()
+    return bool(libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
+def return_freed_memory() -> None:
+    """Hand the allocator's free heap pages back to the system (glibc ``malloc_trim``; a no-op elsewhere)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def load_offloaded(name: str, device="auto", dtype="auto", mode: str = "disk", folder=None):
     """``(model, tokenizer)`` with every decoder block on ``mode`` ('cpu' or 'disk') and the rest on ``device``.
 
@@ -176,6 +212,7 @@ def load_offloaded(name: str, device="auto", dtype="auto", mode: str = "disk", f
     if mode == "disk":
         run_dir = check_folder(folder) / f"run-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         run_dir.mkdir()
+        map_large_allocations()
     try:
         tok = AutoTokenizer.from_pretrained(ckpt, trust_remote_code=False, local_files_only=local)
         model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=dt, device_map=dmap, trust_remote_code=False,
@@ -267,6 +304,8 @@ class BlockStore:
                     h.offload = True
                 for mod, _, tname in entries:
                     set_module_tensor_to_device(mod, tname, "meta")
+                if self.mode == "disk":
+                    return_freed_memory()
 
     def _write_back(self, index: int, entries) -> None:
         """cpu: replace the CPU copy in accelerate's weights map; disk: rewrite the tensor with accelerate's

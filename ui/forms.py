@@ -38,13 +38,9 @@ def size_defaults(device: str = "auto") -> dict:
     ``EvalConfig.for_device`` (the papers' 128 × 2048 calibration and every evaluation window); on a CPU the app's
     interactive sizes ``pruning.config.INTERACTIVE_SIZES`` (smaller than the CLI's ``CPU_SIZES``: a visitor's default
     run within a minute on 2 vCPUs, same ranking of the methods; benchmarks/RESULTS.md §10b)."""
-    from pruning.config import INTERACTIVE_SIZES
-    from pruning.device import is_accelerator
+    from pruning.config import app_sizes
 
-    if not is_accelerator(device):
-        return _sizes(INTERACTIVE_SIZES)
-    c, e = CalibConfig.for_device(device), EvalConfig.for_device(device)
-    return {"nsamples": c.nsamples, "seqlen": c.seqlen, "eval_windows": e.windows, "eval_seqlen": e.seqlen}
+    return _sizes(app_sizes(device))
 
 
 def size_presets() -> dict[str, dict]:
