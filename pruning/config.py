@@ -44,9 +44,7 @@ def _sizes(device) -> tuple[int, int, int]:
 
 def app_sizes(device="auto") -> tuple[int, int, int]:
     """The app's default run sizes on ``device``: the papers' on an accelerator, ``INTERACTIVE_SIZES`` on a CPU."""
-    from .device import is_accelerator
-
-    return GPU_SIZES if is_accelerator(device) else INTERACTIVE_SIZES
+    return INTERACTIVE_SIZES if _sizes(device) is CPU_SIZES else GPU_SIZES
 
 
 class ConfigError(InputError):

@@ -73,13 +73,12 @@ def _finish(model, tokenizer, device, dtype, source: str):
     Float32 buffers stay float32 (as ``from_pretrained(dtype=...)`` and accelerate's ``device_map`` keep them): a
     plain ``.to(dtype)`` would also round e.g. the rotary ``inv_freq`` to bfloat16, a different model from the one
     transformers users (and the offloaded path) get."""
-    keep = {name: b.detach().to(device) for name, b in model.named_buffers() if b.dtype == torch.float32}
+    keep = {} if dtype == torch.float32 else {
+        name: b.detach().to(device) for name, b in model.named_buffers() if b.dtype == torch.float32}
     model = model.to(device=device, dtype=dtype).eval()
-    if keep and dtype != torch.float32:
-        for name, b in keep.items():
-            mod_name, _, buf = name.rpartition(".")
-            mod = model.get_submodule(mod_name) if mod_name else model
-            mod._buffers[buf] = b
+    for name, b in keep.items():  # an existing buffer name: setattr replaces it, its persistence unchanged
+        mod_name, _, buf = name.rpartition(".")
+        setattr(model.get_submodule(mod_name), buf, b)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.pruning_lab_source = source  # identity for model_fingerprint (not serialised)

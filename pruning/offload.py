@@ -20,6 +20,7 @@ as it was given. The offload mode and folder never change a result: ``PruneConfi
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import uuid
@@ -152,11 +153,12 @@ def device_map_for(model: nn.Module, where: str, main) -> dict:
 # glibc's malloc serves requests below a dynamic threshold (growing to 32 MiB) from its heaps, and a freed heap chunk
 # stays resident: over one block's solves that retained memory reached ~300 MB on a 2048-wide Llama, a quarter of a
 # disk-offloaded run's peak. A disk-offloaded load sets the threshold to 1 MiB (larger buffers are mapped and unmapped
-# by the kernel) and the pipeline hands freed heap memory back after each block (benchmarks/RESULTS.md §11b).
+# by the kernel) and the pipeline hands freed heap memory back after each block (benchmarks/RESULTS.md §11).
 MMAP_THRESHOLD_BYTES = 1 << 20
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
+@functools.cache
 def _libc():
     import ctypes
     import ctypes.util

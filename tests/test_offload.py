@@ -321,3 +321,16 @@ def test_app_offers_offload_only_with_a_gpu():
     assert cfg.offload == "disk" and cfg.key() == cfg.replace(offload="none").key()
     form["offload"] = None  # hidden control / older clients: no offload
     assert config_from_form(form, [], []).offload == "none"
+
+
+def test_bf16_load_keeps_float32_buffers_and_matches_the_offloaded_model(tiny_dir, tmp_path):
+    """A half-precision load keeps float32 buffers (the rotary inv_freq), as from_pretrained and the offloaded path
+    do; before, ``.to(bfloat16)`` rounded them and an offloaded bf16 model gave other logits than a loaded one."""
+    loaded, _ = load_model(tiny_dir, device="cpu", dtype=torch.bfloat16)
+    off, _ = load_offloaded(tiny_dir, "cpu", "bfloat16", "disk", tmp_path)
+    assert loaded.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert loaded.model.embed_tokens.weight.dtype == torch.bfloat16
+    ids = torch.arange(1, 65).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, off(ids).logits)
+    store_of(off).close()

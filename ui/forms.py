@@ -34,10 +34,9 @@ def _sizes(t: tuple[int, int, int]) -> dict:
 
 def size_defaults(device: str = "auto") -> dict:
     """The calibration and evaluation sizes the forms (and an API call that leaves them out) start from on
-    ``device``, as {nsamples, seqlen, eval_windows, eval_seqlen}: on a GPU the engine's ``CalibConfig.for_device`` /
-    ``EvalConfig.for_device`` (the papers' 128 × 2048 calibration and every evaluation window); on a CPU the app's
-    interactive sizes ``pruning.config.INTERACTIVE_SIZES`` (smaller than the CLI's ``CPU_SIZES``: a visitor's default
-    run within a minute on 2 vCPUs, same ranking of the methods; benchmarks/RESULTS.md §10b)."""
+    ``device``, as {nsamples, seqlen, eval_windows, eval_seqlen} (``pruning.config.app_sizes``): on a GPU the papers'
+    128 × 2048 calibration and every evaluation window; on a CPU the app's interactive sizes ``INTERACTIVE_SIZES``
+    (a quarter of the CLI's ``CPU_SIZES`` calibration, the same ranking of the methods; benchmarks/RESULTS.md §10b)."""
     from pruning.config import app_sizes
 
     return _sizes(app_sizes(device))
