@@ -9,6 +9,9 @@ each job, so figures taken on a loaded machine stay comparable. Each job gets a 
 cache must not answer); the dense evaluation is computed once first (cached, as for a returning visitor). Default:
 the app launched in this process (``ui.build_app``, as ``python app.py`` serves it) driven through gradio_client;
 ``--library``: ``run_job`` directly (the CLI's path).
+
+The app's jobs use ``dtype=auto``. To measure as on a free CPU Space (no native bf16, so float32) on a machine that
+has avx512_bf16, run with ``PRUNING_LAB_CPU_BF16=0`` (the worker process inherits it); the JSON records the dtype.
 """
 from __future__ import annotations
 
@@ -133,7 +136,10 @@ def main() -> None:
                "estimate_error": round(est / res["marks"]["end"] - 1, 3), "load": os.getloadavg()}
         rows.append(row)
         print(json.dumps(row), flush=True)
+    from pruning.api import cpu_has_native_bf16, resolve_dtype
+
     out = {"path": "library" if client is None else "app", "load_start": load0, "rows": rows,
+           "dtype": str(resolve_dtype("auto", "cpu")), "native_bf16_used": cpu_has_native_bf16(),
            "cpu": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
     if args.json:

@@ -50,7 +50,13 @@ def is_accelerator(device: str | torch.device | None = "auto") -> bool:
 def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bfloat16 natively (avx512_bf16 or AMX). Without it, PyTorch emulates bf16
     matmuls and a forward is several times *slower* than in float32 (measured on a 2-core AVX2 EPYC: SmolLM2,
-    512 tokens, 13.7 s in bf16 vs 2.3 s in fp32; on an avx512_bf16 EPYC bf16 was 2× faster than fp32)."""
+    512 tokens, 13.7 s in bf16 vs 2.3 s in fp32; on an avx512_bf16 EPYC bf16 was 2× faster than fp32).
+    ``PRUNING_LAB_CPU_BF16=0|1`` overrides the answer (``pruning.settings``)."""
+    from .settings import cpu_bf16_override
+
+    forced = cpu_bf16_override()
+    if forced is not None:
+        return forced
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()

@@ -12,6 +12,9 @@
                             killed and restarted (the job is reported cancelled); default 30.
 ``PRUNING_LAB_IN_PROCESS``  ``1``: the app runs jobs on a thread of the server instead of a worker process per device
                             (always so on ZeroGPU Spaces).
+``PRUNING_LAB_CPU_BF16``    ``0`` / ``1``: treat this CPU as without / with native bfloat16, i.e. what ``dtype=auto``
+                            means on a CPU (float32 / bfloat16); default: read from the CPU's flags. ``0`` serves as
+                            a free CPU Space does (no native bf16) on a machine that has it.
 ``PRUNING_LAB_TEST_FAULT``  (tests only) faults the worker process injects into its own tasks (``pruning.worker``).
 ``PRUNING_LAB_SCREENSHOTS`` (tests only) a directory, e.g. ``assets/screenshots``: the slow browser test writes
                             the README screenshots there; unset, that test is skipped.
@@ -66,6 +69,7 @@ PUBLIC_ENV = "PRUNING_LAB_PUBLIC"
 ALLOWED_MODELS_ENV, MAX_MODEL_PARAMS_ENV = "PRUNING_LAB_ALLOWED_MODELS", "PRUNING_LAB_MAX_MODEL_PARAMS"
 MODEL_DIRS_ENV, TEXT_DIRS_ENV = "PRUNING_LAB_MODEL_DIRS", "PRUNING_LAB_TEXT_DIRS"
 DEFAULT_MAX_MODEL_PARAMS = 2_000_000_000
+CPU_BF16_ENV = "PRUNING_LAB_CPU_BF16"
 CANCEL_GRACE_ENV, IN_PROCESS_ENV, TEST_FAULT_ENV = "PRUNING_LAB_CANCEL_GRACE_S", "PRUNING_LAB_IN_PROCESS", "PRUNING_LAB_TEST_FAULT"
 DEFAULT_CANCEL_GRACE_S = 30.0
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
@@ -273,6 +277,19 @@ def cancel_grace_s(environ: Mapping[str, str] | None = None) -> float:
 def in_process_jobs(environ: Mapping[str, str] | None = None) -> bool:
     """True when the app should run jobs on a server thread (``PRUNING_LAB_IN_PROCESS=1``) instead of a worker process."""
     return str(_env(environ).get(IN_PROCESS_ENV, "")).strip().lower() in _TRUE
+
+
+def cpu_bf16_override(environ: Mapping[str, str] | None = None) -> bool | None:
+    """``PRUNING_LAB_CPU_BF16``: True / False when set to 1 / 0 (whether ``dtype=auto`` takes this CPU for one with
+    native bf16), None when unset. Anything else raises InputError naming the variable and the allowed values."""
+    raw = str(_env(environ).get(CPU_BF16_ENV, "")).strip().lower()
+    if raw == "":
+        return None
+    if raw in ("1", "0"):
+        return raw == "1"
+    from .errors import InputError
+
+    raise InputError(f"{CPU_BF16_ENV}: {raw!r} not allowed; allowed: 0, 1 (or unset: read from the CPU's flags)")
 
 
 def fault_spec(environ: Mapping[str, str] | None = None) -> str | None:

@@ -220,6 +220,20 @@ def test_device_dependent_defaults_and_resolution():
             device.resolve_device("cuda")
 
 
+def test_cpu_bf16_override_decides_what_auto_means(monkeypatch):
+    from pruning import device
+    from pruning.errors import InputError
+
+    monkeypatch.setenv("PRUNING_LAB_CPU_BF16", "0")
+    assert not device.cpu_has_native_bf16() and device.resolve_dtype("auto", "cpu") == torch.float32
+    monkeypatch.setenv("PRUNING_LAB_CPU_BF16", "1")
+    assert device.cpu_has_native_bf16() and device.resolve_dtype("auto", "cpu") == torch.bfloat16
+    assert device.resolve_dtype("float32", "cpu") == torch.float32  # an explicit dtype is never overridden
+    monkeypatch.setenv("PRUNING_LAB_CPU_BF16", "maybe")
+    with pytest.raises(InputError, match=r"^PRUNING_LAB_CPU_BF16: 'maybe' not allowed; allowed: 0, 1"):
+        device.resolve_dtype("auto", "cpu")
+
+
 def test_cli_help_shows_every_default_once(capsys):
     from pruning.__main__ import build_parser
 
