@@ -6,7 +6,9 @@ first running perplexity and to the end, plus the estimate shown before Run.
 
 Unit: one dense 512-token SmolLM2 forward (float32, batch 1, best of 5), measured in the same process right before
 each job, so figures taken on a loaded machine stay comparable. Each job gets a fresh calibration seed (the result
-cache must not answer); the dense evaluation is computed once first (cached, as for a returning visitor). Default:
+cache must not answer); the dense evaluation is computed once first (cached, as for a returning visitor). The app
+path runs ``ui.warm_up`` before the first job, as ``python app.py`` does before the page enables Run, and takes the
+estimate from the app's ``/estimate`` endpoint (the figure the page shows). Default:
 the app launched in this process (``ui.build_app``, as ``python app.py`` serves it) driven through gradio_client;
 ``--library``: ``run_job`` directly (the CLI's path).
 
@@ -110,9 +112,10 @@ def main() -> None:
     if not args.library:
         from gradio_client import Client
 
-        from ui import build_app
+        from ui import build_app, warm_up
 
         demo = build_app()
+        warm_up()  # as `python app.py` does before the page enables Run: the worker's model, rates and text
         port = _free_port()
         demo.queue(default_concurrency_limit=1).launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
                                                        quiet=True)
@@ -122,7 +125,8 @@ def main() -> None:
     for i, solver in enumerate(args.solvers.split(",")):
         cfg = PruneConfig(solver=solver, calib=CalibConfig(nsamples=calib.nsamples, seqlen=calib.seqlen, seed=args.seed + i),
                           eval=evalc)
-        est = estimate_seconds(cfg)
+        # the estimate the page shows before Run (the server's cost model, corrected by the runs it has finished)
+        est = estimate_seconds(cfg) if client is None else float(client.predict(cfg.to_dict(), api_name="/estimate"))
         fwd = forward_seconds(model)
         res = via_library(cfg) if client is None else via_app(client, cfg)
         fwd_after = forward_seconds(model)

@@ -362,13 +362,15 @@ def estimate_seconds(config: PruneConfig, device: str | None = None, shape: dict
     return cost_model.estimate_seconds(config, shape, str(dev), dt)
 
 
-def measure_machine(device: str = "auto", dtype: str = "auto") -> None:
+def measure_machine(device: str = "auto", dtype: str = "auto", again: bool = False) -> None:
     """Measure this machine's rates for ``estimate_seconds`` now (~0.3 s), e.g. at server start while the process is
-    idle: a first measurement taken while a page view loads the model would be too slow."""
+    idle: a first measurement taken while a page view loads the model would be too slow. ``again=True`` measures
+    once more now and keeps each primitive's best rate (the server does so when its preparation is over: the first
+    measurement may have shared the CPU with the worker process starting)."""
     from . import cost_model
 
     dev = resolve_device(device)
-    cost_model.machine_rates(str(dev), resolve_dtype(dtype, dev))  # every primitive, SparseFW's included
+    cost_model.machine_rates(str(dev), resolve_dtype(dtype, dev), again)  # every primitive, SparseFW's included
 
 
 def _observe(config: PruneConfig, model, timings: dict) -> None:

@@ -180,13 +180,15 @@ class CostModel:
         self.lock = threading.RLock()
 
     # ------------------------------------------------------------------------------------------ rates
-    def machine_rates(self, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Rates:
+    def machine_rates(self, device: str = "cpu", dtype: torch.dtype = torch.float32, again: bool = False) -> Rates:
         """This machine's throughputs: measured on the first call per device and dtype, then again on a call at least
-        ``remeasure_s`` later (at most ``max_measures`` times in all), keeping each primitive's best rate."""
+        ``remeasure_s`` later (at most ``max_measures`` times in all), keeping each primitive's best rate.
+        ``again=True``: measure now whatever the time since the last measurement (still at most ``max_measures``
+        times; never once a finished run has frozen the rates), e.g. when the server's preparation is over."""
         key = ("rates", str(torch.device(device)), str(dtype))
         with self.lock:
             hit = self.rates.get(key)
-        if hit is not None and (hit[1] >= self.max_measures or time.monotonic() - hit[2] < self.remeasure_s):
+        if hit is not None and (hit[1] >= self.max_measures or (not again and time.monotonic() - hit[2] < self.remeasure_s)):
             return hit[0]
         value = self.measure(torch.device(device), dtype)
         with self.lock:
@@ -283,8 +285,8 @@ class CostModel:
 DEFAULT = CostModel()
 
 
-def machine_rates(device: str = "cpu", dtype: torch.dtype = torch.float32) -> Rates:
-    return DEFAULT.machine_rates(device, dtype)
+def machine_rates(device: str = "cpu", dtype: torch.dtype = torch.float32, again: bool = False) -> Rates:
+    return DEFAULT.machine_rates(device, dtype, again)
 
 
 def phase_seconds(config, shape: dict | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32,

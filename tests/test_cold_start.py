@@ -42,12 +42,13 @@ def test_background_warm_up_marks_the_page_ready(monkeypatch):
     calls = []
     monkeypatch.setattr(engine, "warm_up", lambda models, log=print: calls.append(("warm", models)) or log("Pruning Lab: m ready"))
     monkeypatch.setattr(engine, "prepare_text", lambda model: calls.append(("text", model)))
+    monkeypatch.setattr(engine, "measure_again", lambda: calls.append(("measure",)))
     t = ui.warm_up(models=("m",), background=True)
     t.join(timeout=60)
     assert not t.is_alive() and r.ready and r.state == "ready"
-    assert calls == [("warm", ("m",)), ("text", "m")]
+    assert calls == [("warm", ("m",)), ("text", "m"), ("measure",)]  # measured again once the worker is idle
     assert [s for _, s in r.steps] == ["measuring this machine for the time estimate", "m ready",
-                                       "converting and tokenising the default text"]
+                                       "converting and tokenising the default text", "measuring this machine again, now idle"]
 
 
 def test_run_is_disabled_while_preparing(monkeypatch):

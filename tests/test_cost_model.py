@@ -39,6 +39,18 @@ def test_rates_measured_under_load_do_not_stick():
     assert len(calls) == cm.max_measures  # and it stops measuring after a few
 
 
+def test_measuring_again_at_the_end_of_the_preparation_keeps_the_best():
+    """The server measures at start (maybe while its worker process imports torch) and again when its preparation
+    is over (``again=True``: whatever the time since); the better reading wins, a run's correction freezes both."""
+    readings = [SLOW, FAST]
+    cm = cost_model.CostModel(measure=lambda dev, dt: readings.pop(0))
+    assert cm.machine_rates("cpu") == SLOW
+    assert cm.machine_rates("cpu", again=True) == FAST and not readings  # at once, not after remeasure_s
+    cm.observe(PruneConfig(solver="magnitude"), {"solve": 1.0})
+    cm.measure = lambda dev, dt: pytest.fail("rates measured again after a run was observed")
+    assert cm.machine_rates("cpu", again=True) == FAST
+
+
 def test_rates_stay_fixed_once_a_run_corrected_the_estimate():
     """observe() stores measured / modelled ratios: rates changing afterwards would silently rescale them."""
     cm = cost_model.CostModel(measure=lambda dev, dt: FAST)

@@ -122,6 +122,8 @@ def warm_up(models=None, background: bool = False):
             if models:
                 READY.note("converting and tokenising the default text")
                 engine.prepare_text(models[0])
+            READY.note("measuring this machine again, now idle")
+            engine.measure_again()
         except Exception as e:  # noqa: BLE001 -- the page opens anyway; each job reports its own problem
             failed = f"{type(e).__name__}: {e}"
         READY.done(failed)

@@ -179,6 +179,16 @@ def warm_up(models=(DEFAULT_MODEL,), log=print) -> None:
             log(f"Pruning Lab: {m} ready in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
+def measure_again() -> None:
+    """At the end of the server's preparation: measure the machine once more, keeping each rate's best. The first
+    measurement (``warm_up``) may have shared the CPU with the worker process importing torch and loading the
+    model, which made the estimate of a solver's first run up to 2× too long (the runs correct only the solvers
+    they ran)."""
+    from pruning.api import measure_machine
+
+    measure_machine(again=True)
+
+
 def prepare_text(model: str = DEFAULT_MODEL) -> None:
     """Convert the default text (the embedded Wikipedia sample) and tokenise the default calibration and evaluation
     windows with ``model``'s tokenizer, so the first job finds them ready (loads the model if needed) -- with a bound
