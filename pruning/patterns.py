@@ -94,14 +94,42 @@ def prune_count(pattern: Pattern, shape: tuple[int, int], sparsity: float) -> in
     return d_out * (d_in // pattern.m) * pattern.n
 
 
+_BRACKET_MIN = 1 << 16  # a single row at least this long finds its k-th value through a sampled bracket
+_BRACKET_SAMPLE = 4096  # entries of that sample (every n // 4096-th entry)
+
+
+def _kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th smallest entry (1-based) of the 1-D ``x``, exactly ``torch.kthvalue(x, k).values``, 3-4× faster on
+    a CPU for the long rows of whole-matrix masks (measured on 0.3-0.9 M entries: 2.8 ms instead of 11 ms).
+
+    A strided sample (every ⌊n/4096⌋-th entry, no randomness) is sorted; the entries around the k-th quantile of the
+    sample, ±3√(sample) positions, bound a bracket [lo, hi]; two counts check that the k-th value lies inside
+    (#(x < lo) < k ≤ #(x ≤ hi)), and kthvalue runs on the bracket's few entries only. When the check fails (a
+    sample that misrepresents the row) it falls back to kthvalue on the whole row: same value, only slower."""
+    n = x.numel()
+    sample = torch.sort(x[:: max(1, n // _BRACKET_SAMPLE)]).values
+    ns = sample.numel()
+    q, half = (k - 0.5) / n * ns, 3.0 * math.sqrt(ns) + 2.0
+    lo, hi = sample[max(0, int(q - half))], sample[min(ns - 1, int(q + half))]
+    below = x < lo
+    c_lo = int(below.sum())
+    inside = (x <= hi) & ~below
+    if not c_lo < k <= c_lo + int(inside.sum()):
+        return torch.kthvalue(x, k).values
+    return torch.kthvalue(x[inside], k - c_lo).values
+
+
 def _lowest_k(score: torch.Tensor, k: int) -> torch.Tensor:
     """Bool (rows, n): True at the k lowest entries of every row; ties go to the lower index.
 
     Same result as taking the first k indices of a stable sort, without sorting: the k-th smallest value v
-    (kthvalue, O(n)) splits the row into entries < v (all pruned) and entries == v, of which the first
-    k - #(< v) by index are pruned (a cumulative count along the row).
+    (kthvalue, O(n); for one long row :func:`_kth_smallest`) splits the row into entries < v (all pruned) and
+    entries == v, of which the first k - #(< v) by index are pruned (a cumulative count along the row).
     """
-    v = torch.kthvalue(score, k, dim=1, keepdim=True).values  # (rows, 1)
+    if score.shape[0] == 1 and score.shape[1] >= _BRACKET_MIN:
+        v = _kth_smallest(score[0], k).reshape(1, 1)
+    else:
+        v = torch.kthvalue(score, k, dim=1, keepdim=True).values  # (rows, 1)
     lower = score < v
     tied = score == v
     need = k - lower.sum(dim=1, keepdim=True)  # how many of the tied entries to prune, per row
@@ -129,11 +157,31 @@ def select_mask(score: torch.Tensor, pattern: Pattern, sparsity: float) -> torch
     else:
         pattern.check_shape(d_in, "pattern")
         g = score.reshape(d_out, d_in // pattern.m, pattern.m)
+        if pattern.m <= _RANK_MAX_M:
+            return _nm_keep_by_rank(g, pattern.n).view(d_out, d_in)
         srt = torch.sort(g, dim=2)  # the unstable sort is ~2x faster; it can only differ from the stable order
         if bool((srt.values[:, :, pattern.n - 1] == srt.values[:, :, pattern.n]).any()):  # ... on a tie at the cut
             srt = torch.sort(g, dim=2, stable=True)
         keep.view(d_out, d_in // pattern.m, pattern.m).scatter_(2, srt.indices[:, :, : pattern.n], False)
     return keep
+
+
+_RANK_MAX_M = 8  # N:M groups up to this size are ranked by pairwise comparisons instead of a sort
+
+
+def _nm_keep_by_rank(g: torch.Tensor, n: int) -> torch.Tensor:
+    """Keep-mask of (rows, groups, M) scores: the N lowest of every group pruned, ties to the lower index -- the
+    first N of a stable sort, without sorting (3× faster on SmolLM2 2:4 layers). The rank of entry i is the number
+    of entries before it in that order: for every pair i < j exactly one of them precedes the other
+    (j precedes i iff g_j < g_i), so M(M−1)/2 comparisons give every rank; entries of rank ≥ N are kept."""
+    m = g.shape[2]
+    rank = torch.zeros(g.shape, dtype=torch.uint8, device=g.device)
+    for i in range(m):
+        for j in range(i + 1, m):
+            j_first = g[:, :, j] < g[:, :, i]
+            rank[:, :, i] += j_first
+            rank[:, :, j] += ~j_first
+    return rank >= n
 
 
 def check_mask(mask: torch.Tensor, pattern: Pattern, sparsity: float) -> None:

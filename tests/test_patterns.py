@@ -55,7 +55,7 @@ def test_ties_are_broken_by_index_and_count_stays_exact():
     assert bool((~keep)[:, :2].all()) and bool(keep[:, 2:].all())
 
 
-@pytest.mark.parametrize("pat", ["2:4", "1:4", "4:8", "3:8"])
+@pytest.mark.parametrize("pat", ["2:4", "1:4", "4:8", "3:8", "5:16"])  # M ≤ 8: pairwise ranks; 16: the sort
 def test_nm_ties_equal_the_stable_sort_rule(pat):
     """N:M selection takes a fast unstable sort unless a tie sits at the cut: both must give the documented rule
     (among equal scores, the lower column is pruned first), here with many ties at and away from the cut."""
@@ -77,6 +77,31 @@ def test_lowest_k_fast_path_and_tie_break_agree_with_stable_sort():
         for k in (1, 13, 48, 96):
             ref = torch.zeros_like(score, dtype=torch.bool).scatter_(1, torch.sort(score, dim=1, stable=True).indices[:, :k], True)
             assert torch.equal(_lowest_k(score, k), ref)
+
+
+def test_long_row_bracket_selection_equals_kthvalue_and_the_stable_sort():
+    """One long row (a whole-matrix mask) finds its k-th value through a sampled bracket (patterns._kth_smallest):
+    the same value as kthvalue and the same mask as the stable sort, also where the strided sample misrepresents
+    the row (periodic rows, constant rows, few distinct values, sorted rows, infinities) and the bracket check
+    falls back."""
+    from pruning.patterns import _BRACKET_MIN, _kth_smallest, _lowest_k
+
+    n = _BRACKET_MIN * 3 + 5
+    g = torch.Generator().manual_seed(3)
+    step = n // 4096
+    periodic = torch.zeros(n)
+    periodic[::step] = 1.0  # every sampled entry is 1, almost all others 0
+    rows = {"randn": torch.randn(n, generator=g), "ties": torch.randint(0, 5, (n,), generator=g).float(),
+            "constant": torch.full((n,), 0.25), "sorted": torch.arange(n, dtype=torch.float32),
+            "reversed": torch.arange(n, 0, -1, dtype=torch.float32), "periodic": periodic,
+            "inf": torch.where(torch.rand(n, generator=g) < 0.3, torch.tensor(float("inf")), torch.randn(n, generator=g))}
+    for name, x in rows.items():
+        for k in (1, 7, n // 3, n // 2, n - 1, n):
+            assert torch.equal(_kth_smallest(x, k), torch.kthvalue(x, k).values), (name, k)
+        for k in (n // 5, n // 2):
+            ref = torch.zeros(n, dtype=torch.bool)
+            ref[torch.sort(x, stable=True).indices[:k]] = True
+            assert torch.equal(_lowest_k(x.unsqueeze(0), k)[0], ref), (name, k)
 
 
 def test_nm_width_must_divide():

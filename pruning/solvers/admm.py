@@ -196,11 +196,11 @@ def _select_gradual(score: torch.Tensor, pattern: Pattern, target: float, last: 
     # keep every N:M winner; among the others prune the lowest ⌊target·numel⌋ (target ≤ N/M, so only losers go),
     # ties by flat index as everywhere: the losers are taken in flat order
     k = prune_count(Pattern("unstructured"), tuple(score.shape), target)
-    keep = torch.ones_like(winners)
-    if k > 0:
-        losers = ~winners
-        keep[losers] = ~_lowest_k(score[losers].unsqueeze(0), k).squeeze(0)
-    return keep
+    if k <= 0:
+        return torch.ones_like(winners)
+    # the winners ranked last (+inf), so the k lowest of the whole matrix are the k lowest losers, in flat order
+    # (k ≤ the number of losers); no gather of the losers and scatter back
+    return ~_lowest_k(score.masked_fill(winners, math.inf).reshape(1, -1), k).view(score.shape)
 
 
 # ------------------------------------------------------------------------------------------ objective
