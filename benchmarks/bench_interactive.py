@@ -108,6 +108,13 @@ def main() -> None:
     model, tok, _ = get_model(base.model)
     # the dense evaluation once (cached for the jobs), through a tiny prune
     run_job(PruneConfig(solver="magnitude", calib=CalibConfig(nsamples=1, seqlen=32), eval=evalc))
+    # that tiny job taught this process's cost model (corrections, frozen rates): forget it, so that the app served
+    # from this process estimates as a freshly started `python app.py` does
+    from pruning import cost_model
+    from pruning.api import resolve_dtype
+
+    cost_model.reset_corrections()
+    cost_model.DEFAULT.forget_rates("cpu", resolve_dtype("auto", "cpu"))
     client = None
     if not args.library:
         from gradio_client import Client

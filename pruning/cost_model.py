@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .patterns import _lowest_k
 from .pipeline import gram_flops
 
 # SmolLM2-135M: the shapes used when the model of a config is not loaded yet
@@ -71,7 +72,9 @@ PRIMITIVES: dict[str, tuple[str, float]] = {
     "matmul_flops": ("mm", 1.0),  # float32 matrix products
     "matmul64_flops": ("mm64", 1.0),  # float64 matrix products
     "factor_flops": ("mm", 0.8),  # Cholesky / inverse / Cholesky of a d×d matrix, counted as d³ (SparseGPT)
-    "column_steps": ("op", 6.0),  # sequential column steps of the SparseGPT sweep: ~6 small tensor ops each
+    # sequential column steps of the SparseGPT sweep: two tensor ops on a few rows each, plus the sub-block and N:M
+    # group work; fitted on SmolLM2 (4 × 512, 2026-12-07: 40 µs per column at op = 2.0 µs, 16 op-equivalents)
+    "column_steps": ("op", 16.0),
     "selected_values": ("select", 1.5),  # values through a mask selection (vs one kthvalue over the matrix)
     "admm_elementwise_values": ("ew", 6.0),  # ~6 elementwise passes over the matrix per ADMM iteration
     "fw_lmo_values": ("topk", 1.6),  # SparseFW: the LMO + ~15 elementwise passes, in units of one per-row top-k
@@ -110,7 +113,7 @@ def measure(dev: torch.device, dtype: torch.dtype) -> Rates:
         mm=flops / timed_call(lambda: a @ b, dev),
         mm_fwd=flops / timed_call(lambda: af @ bf, dev),
         mm64=flops / timed_call(lambda: ad @ bd, dev),
-        select=flat.numel() / timed_call(lambda: torch.kthvalue(flat, flat.numel() // 2), dev),
+        select=flat.numel() / timed_call(lambda: _lowest_k(flat.unsqueeze(0), flat.numel() // 2), dev),  # as the masks do
         op=timed_call(lambda: [small.mul(1.0) for _ in range(50)], dev) / 50,
         ew=big.numel() / timed_call(lambda: big.mul(1.0001), dev),
         topk=b.numel() / timed_call(lambda: torch.topk(b, 26, dim=1, largest=False, sorted=False), dev),
