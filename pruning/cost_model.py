@@ -23,6 +23,7 @@ All the state (measured rates, corrections) lives in one :class:`CostModel`; the
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -255,7 +256,17 @@ class CostModel:
         if phases["solve"] is None:
             return None
         with self.lock:
-            return float(sum(v * self.corrections.get(self._key(k, config), 1.0) for k, v in phases.items()) + 1.0)
+            return float(sum(v * self._correction(k, config) for k, v in phases.items()) + 1.0)
+
+    def _correction(self, phase: str, config) -> float:
+        """The learned factor of ``phase`` for ``config``. A solver's first run has none of its own: it gets the
+        geometric mean of the other solvers' solve corrections (what they share is this machine's bias against its
+        short benchmark, e.g. sustained vs best-of-five throughput), 1 when no run has finished yet."""
+        key = self._key(phase, config)
+        if key in self.corrections or phase != "solve":
+            return self.corrections.get(key, 1.0)
+        others = [v for k, v in self.corrections.items() if k.startswith("solve:")]
+        return math.exp(sum(math.log(v) for v in others) / len(others)) if others else 1.0
 
     def observe(self, config, timings: dict, shape: dict | None = None, device: str = "cpu",
                 dtype: torch.dtype = torch.float32) -> None:

@@ -51,6 +51,22 @@ def test_measuring_again_at_the_end_of_the_preparation_keeps_the_best():
     assert cm.machine_rates("cpu", again=True) == FAST
 
 
+def test_a_solvers_first_run_borrows_the_other_solvers_solve_correction():
+    """A solver never run here takes the geometric mean of the solve corrections of those that were (the machine's
+    share of the error); its own correction replaces that after its first run; other phases are unaffected."""
+    cm = cost_model.CostModel(measure=lambda dev, dt: FAST)
+    admm, sgpt, mag = (PruneConfig(solver=s) for s in ("admm", "sparsegpt", "magnitude"))
+    plain = cm.phase_seconds(admm)["solve"]
+    before = cm.estimate_seconds(admm)
+    for cfg, ratio in ((sgpt, 1.5), (mag, 1.2)):
+        cm.observe(cfg, {"solve": ratio * cm.phase_seconds(cfg)["solve"]})
+    assert cm._correction("solve", admm) == pytest.approx((1.5 * 1.2) ** 0.5)
+    assert cm.estimate_seconds(admm) == pytest.approx(before + plain * ((1.5 * 1.2) ** 0.5 - 1))
+    cm.observe(admm, {"solve": 0.7 * plain})
+    assert cm._correction("solve", admm) == pytest.approx(0.7)
+    assert cm._correction("forward", admm) == 1.0  # no forward time was observed
+
+
 def test_rates_stay_fixed_once_a_run_corrected_the_estimate():
     """observe() stores measured / modelled ratios: rates changing afterwards would silently rescale them."""
     cm = cost_model.CostModel(measure=lambda dev, dt: FAST)
@@ -131,10 +147,10 @@ def test_observed_runs_correct_later_estimates():
     cost_model.observe(cfg, measured)
     after = cost_model.estimate_seconds(cfg)
     assert after == pytest.approx(3 * (before - 1) + 1, rel=1e-6)
-    # the solve correction is per solver; another solver keeps its own (only the shared phases moved)
+    # the solve correction is per solver; a solver not run yet borrows the mean of the others' (here wanda's only)
     other = PruneConfig(solver="admm")
     phases = cost_model.phase_seconds(other)
-    expect = 3 * (sum(phases.values()) - phases["solve"]) + phases["solve"] + 1
+    expect = 3 * sum(phases.values()) + 1
     assert cost_model.estimate_seconds(other) == pytest.approx(expect, rel=1e-6)
 
 
