@@ -126,7 +126,7 @@ def _lowest_k(score: torch.Tensor, k: int) -> torch.Tensor:
     (kthvalue, O(n); for one long row :func:`_kth_smallest`) splits the row into entries < v (all pruned) and
     entries == v, of which the first k - #(< v) by index are pruned (a cumulative count along the row).
     """
-    if score.shape[0] == 1 and score.shape[1] >= _BRACKET_MIN:
+    if score.shape[0] == 1 and score.shape[1] >= _BRACKET_MIN and score.device.type == "cpu":  # measured on CPUs only
         v = _kth_smallest(score[0], k).reshape(1, 1)
     else:
         v = torch.kthvalue(score, k, dim=1, keepdim=True).values  # (rows, 1)
