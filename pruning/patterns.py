@@ -157,7 +157,7 @@ def select_mask(score: torch.Tensor, pattern: Pattern, sparsity: float) -> torch
     else:
         pattern.check_shape(d_in, "pattern")
         g = score.reshape(d_out, d_in // pattern.m, pattern.m)
-        if pattern.m <= _RANK_MAX_M:
+        if pattern.m <= _RANK_MAX_M and not bool(torch.isnan(g).any()):  # (the sort ranks NaN last; comparisons cannot)
             return _nm_keep_by_rank(g, pattern.n).view(d_out, d_in)
         srt = torch.sort(g, dim=2)  # the unstable sort is ~2x faster; it can only differ from the stable order
         if bool((srt.values[:, :, pattern.n - 1] == srt.values[:, :, pattern.n]).any()):  # ... on a tie at the cut

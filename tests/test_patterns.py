@@ -61,7 +61,9 @@ def test_nm_ties_equal_the_stable_sort_rule(pat):
     (among equal scores, the lower column is pruned first), here with many ties at and away from the cut."""
     p = parse_pattern(pat)
     g = torch.Generator().manual_seed(1)
-    for score in (torch.randint(0, 3, (32, 64), generator=g).float(), torch.randn(32, 64, generator=g)):
+    with_nan = torch.randn(32, 64, generator=g)
+    with_nan[::3, ::5] = float("nan")
+    for score in (torch.randint(0, 3, (32, 64), generator=g).float(), torch.randn(32, 64, generator=g), with_nan):
         keep = select_mask(score, p, 0.0)
         grp = score.reshape(32, -1, p.m)
         idx = torch.sort(grp, dim=2, stable=True).indices[:, :, : p.n]
