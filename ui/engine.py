@@ -89,7 +89,7 @@ def first_use_note(model: str) -> str:
     from pruning.assets import EMBEDDED_ALIASES
 
     if key.lower() in EMBEDDED_ALIASES and not embedded_model_ready():
-        return "first use: converting the embedded model to a cached copy, once (about a minute)"
+        return "first use: converting the embedded model to a cached copy, once (about 20 s on 2 cores)"
     return "first use of this model in this server: loading it first"
 
 
