@@ -65,6 +65,24 @@ def test_run_is_disabled_while_preparing(monkeypatch):
     assert banner == "" and button["interactive"] is True and timer.active is False
 
 
+def test_the_estimate_is_refreshed_when_the_preparation_ends(monkeypatch):
+    """A page opened while the server prepares shows "first use: converting ..." in its estimate; the preparation
+    timer's last tick computes the estimate again, earlier ticks leave it alone."""
+    from ui import base, prune
+
+    r = Readiness()
+    monkeypatch.setattr(base, "READY", r)
+    monkeypatch.setattr(prune, "READY", r)
+    calls = []
+    tab = prune.PruneTab.__new__(prune.PruneTab)  # only the handler is exercised
+    tab.preview = lambda *values: calls.append(values) or ({"solver": "sparsegpt"}, "Estimated time: 30 s")
+    r.begin("converting the embedded model")
+    assert tab.preview_when_ready("form", "values") == (prune.gr.skip(), prune.gr.skip()) and not calls
+    r.done()
+    assert tab.preview_when_ready("form", "values") == ({"solver": "sparsegpt"}, "Estimated time: 30 s")
+    assert calls == [("form", "values")]
+
+
 def test_a_prune_call_waits_for_the_preparation(monkeypatch):
     """/prune during the preparation: the bar says so (no job is submitted) until READY opens."""
     from ui import base, prune

@@ -253,7 +253,9 @@ class PruneTab(Tab):
         self.cancel_btn.click(self.cancel, self.job_id, self.cancel_msg, api_name="cancel", queue=False, show_progress="hidden")
         gr.api(self.estimate_seconds_api, api_name="estimate")
         readiness = [self.ready_banner, self.run_btn, self.ready_timer]
-        self.ready_timer.tick(self.readiness, None, readiness, api_visibility="private", show_progress="hidden", queue=False)
+        self.ready_timer.tick(self.readiness, None, readiness, api_visibility="private", show_progress="hidden", queue=False
+                              ).then(self.preview_when_ready, form, [self.config_json, self.estimate], api_visibility="private",
+                                     show_progress="hidden")
         app.demo.load(self.readiness, None, readiness, api_visibility="private", show_progress="hidden", queue=False)
         app.demo.load(self.preview, form, [self.config_json, self.estimate], api_visibility="private", show_progress="hidden")
 
@@ -287,6 +289,13 @@ class PruneTab(Tab):
         except ValueError as e:
             return gr.skip(), f"⚠ {error_text(e)}"
         return cfg.to_dict(), self.estimate_text(cfg)
+
+    def preview_when_ready(self, *values) -> tuple:
+        """After a preparation tick: the estimate again once the server is ready (a page opened meanwhile still says
+        "first use: converting ..."), nothing while it prepares."""
+        if not READY.ready:
+            return gr.skip(), gr.skip()
+        return self.preview(*values)
 
     @staticmethod
     def readiness():
