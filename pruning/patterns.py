@@ -145,6 +145,11 @@ def select_mask(score: torch.Tensor, pattern: Pattern, sparsity: float) -> torch
     first among equal scores). For N:M, ``sparsity`` is ignored (the pattern fixes it).
     """
     d_out, d_in = score.shape
+    if pattern.kind == "nm":
+        pattern.check_shape(d_in, "pattern")
+        g = score.reshape(d_out, d_in // pattern.m, pattern.m)
+        if pattern.m <= _RANK_MAX_M and not bool(torch.isnan(g).any()):  # (the sort ranks NaN last; comparisons cannot)
+            return _nm_keep_by_rank(g, pattern.n).view(d_out, d_in)
     keep = torch.ones(d_out, d_in, dtype=torch.bool, device=score.device)
     if pattern.kind == "unstructured":
         k = _floor(sparsity * d_out * d_in)
@@ -154,11 +159,7 @@ def select_mask(score: torch.Tensor, pattern: Pattern, sparsity: float) -> torch
         k = _floor(sparsity * d_in)
         if k > 0:
             keep.copy_(~_lowest_k(score, k))
-    else:
-        pattern.check_shape(d_in, "pattern")
-        g = score.reshape(d_out, d_in // pattern.m, pattern.m)
-        if pattern.m <= _RANK_MAX_M and not bool(torch.isnan(g).any()):  # (the sort ranks NaN last; comparisons cannot)
-            return _nm_keep_by_rank(g, pattern.n).view(d_out, d_in)
+    else:  # N:M groups larger than _RANK_MAX_M, or scores with NaN
         srt = torch.sort(g, dim=2)  # the unstable sort is ~2x faster; it can only differ from the stable order
         if bool((srt.values[:, :, pattern.n - 1] == srt.values[:, :, pattern.n]).any()):  # ... on a tie at the cut
             srt = torch.sort(g, dim=2, stable=True)

@@ -115,7 +115,7 @@ def test_prune_streams_then_returns_from_cache(app):
 
 def test_cancel_stops_running_job_and_next_job_works(app):
     owner, other = Client(app.url, verbose=False), Client(app.url, verbose=False)  # two browser tabs
-    slow = _tiny_cfg(app.deep, solver="admm", options={"iters": 200})
+    slow = _tiny_cfg(app.deep, solver="admm", options={"iters": 1000})  # long enough to still run when the cancel comes
     job = owner.submit(slow, api_name="/prune")
     cancelled_at, waiting = None, None
     for out in job:

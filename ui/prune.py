@@ -255,7 +255,7 @@ class PruneTab(Tab):
         readiness = [self.ready_banner, self.run_btn, self.ready_timer]
         self.ready_timer.tick(self.readiness, None, readiness, api_visibility="private", show_progress="hidden", queue=False
                               ).then(self.preview_when_ready, form, [self.config_json, self.estimate], api_visibility="private",
-                                     show_progress="hidden")
+                                     show_progress="hidden", queue=False)  # a skip each second while preparing: off the queue
         app.demo.load(self.readiness, None, readiness, api_visibility="private", show_progress="hidden", queue=False)
         app.demo.load(self.preview, form, [self.config_json, self.estimate], api_visibility="private", show_progress="hidden")
 
